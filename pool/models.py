@@ -1,0 +1,458 @@
+"""Vendors and their API keys, with the status rules of the pool.
+
+Sibling apps use these models and querysets directly. Automatic status
+(exceeded, invalid, cooldown) is written by single UPDATE statements that
+touch only the status fields, so a concurrent edit on the pool page and a
+concurrent mark by the failover service never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
+from django.utils import timezone
+from ordered_model.models import OrderedModel, OrderedModelManager, OrderedModelQuerySet
+
+from pool.fields import EncryptedTextField
+from pool.redaction import mask, redact
+
+STATUS_REASON_MAX_LENGTH = 500
+KEY_NAME_PATTERN = re.compile(r"^key(\d+)$")
+
+
+class Protocol(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic"
+    AZURE = "azure", "Azure OpenAI"
+    GEMINI = "gemini", "Google Gemini"
+
+
+class VendorQuerySet(models.QuerySet):
+    def with_key_counts(self) -> VendorQuerySet:
+        """Annotate ``key_count`` and ``usable_key_count`` in the same query."""
+        return self.annotate(
+            key_count=Count("keys", distinct=True),
+            usable_key_count=Count(
+                "keys", filter=usable_key_filter(prefix="keys__"), distinct=True
+            ),
+        )
+
+    def resolve(self, vendor: Vendor | str) -> Vendor:
+        """Return ``vendor`` itself, or the vendor with that slug.
+
+        Raises ``Vendor.DoesNotExist`` for an unknown slug.
+        """
+        if isinstance(vendor, Vendor):
+            return vendor
+        return self.get(slug=vendor)
+
+
+class Vendor(models.Model):
+    Protocol = Protocol
+
+    slug = models.SlugField(
+        unique=True, max_length=50, help_text="Short identifier used in URLs and code."
+    )
+    name = models.CharField(max_length=100)
+    protocol = models.CharField(
+        max_length=20,
+        choices=Protocol.choices,
+        default=Protocol.OPENAI,
+        help_text="How requests are authenticated and errors are read.",
+    )
+    base_url = models.URLField(
+        "base URL",
+        max_length=500,
+        help_text="Default API URL for keys that do not set their own.",
+    )
+
+    objects = VendorQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def default_key(self) -> ApiKey | None:
+        return self.keys.filter(is_default=True).first()
+
+
+def usable_key_filter(*, prefix: str = "", now: datetime | None = None) -> Q:
+    """Build the condition for "may be called now", optionally across a
+    relation (``prefix="keys__"``)."""
+    now = now or timezone.now()
+    return Q(
+        **{
+            f"{prefix}is_enabled": True,
+            f"{prefix}is_invalid": False,
+            f"{prefix}is_exceeded": False,
+        }
+    ) & (
+        Q(**{f"{prefix}expires_at__isnull": True})
+        | Q(**{f"{prefix}expires_at__gt": now})
+    ) & (
+        Q(**{f"{prefix}cooldown_until__isnull": True})
+        | Q(**{f"{prefix}cooldown_until__lte": now})
+    )
+
+
+class DefaultKeyDeletionError(ValidationError):
+    """Raised when the default key of a vendor would be deleted on its own."""
+
+
+class StaleOrderError(ValueError):
+    """A new priority order did not list exactly the vendor's current keys."""
+
+
+class ApiKeyQuerySet(OrderedModelQuerySet):
+    def usable(self, vendor: Vendor | str) -> ApiKeyQuerySet:
+        """Return the keys of ``vendor`` that may be called now, highest
+        priority first, with their vendor loaded: one query.
+
+        ``vendor`` is a ``Vendor`` or a slug; an unknown slug gives no keys.
+        """
+        if isinstance(vendor, Vendor):
+            keys = self.filter(vendor=vendor)
+        else:
+            keys = self.filter(vendor__slug=vendor)
+        return keys.filter(usable_key_filter()).select_related("vendor").order_by("order")
+
+    def delete(self):
+        """Delete the keys and renumber each affected vendor's priorities.
+
+        Raises ``DefaultKeyDeletionError`` if the keys include a default key,
+        and then deletes nothing.
+        """
+        with transaction.atomic(using=self.db):
+            vendor_ids = set(self.values_list("vendor_id", flat=True))
+            result = super().delete()
+            for vendor_id in vendor_ids:
+                self.model.objects.renumber(vendor_id)
+        return result
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+    def reorder(self, vendor: Vendor, ids: list[int]) -> None:
+        """Give the vendor's keys the priority order ``ids`` (highest first).
+
+        The vendor's keys are locked while the list is checked, and only
+        ``order`` is written. Raises ``StaleOrderError``, and changes
+        nothing, unless ``ids`` is exactly the vendor's current set of keys.
+        """
+        with transaction.atomic():
+            keys = self.model.objects.filter(vendor=vendor)
+            current = set(keys.select_for_update().values_list("pk", flat=True))
+            if len(ids) != len(set(ids)) or set(ids) != current:
+                raise StaleOrderError(
+                    "The list of keys does not match the vendor's current keys."
+                )
+            keys.write_order(ids)
+
+    def renumber(self, vendor: Vendor | int) -> None:
+        """Close gaps in the vendor's priorities so they run 0..n-1."""
+        ids = list(
+            self.model.objects.filter(vendor=vendor)
+            .order_by("order", "pk")
+            .values_list("pk", flat=True)
+        )
+        self.model.objects.filter(vendor=vendor).write_order(ids)
+
+    def write_order(self, ids: list[int]) -> int:
+        """Give the keys ``ids`` the priorities 0..n-1 in list order.
+
+        One UPDATE that writes only ``order``, whatever the number of keys.
+        """
+        if not ids:
+            return 0
+        position = Case(
+            *(When(pk=pk, then=Value(index)) for index, pk in enumerate(ids)),
+            output_field=models.PositiveIntegerField(),
+        )
+        return self.filter(pk__in=ids).update(order=position)
+
+    def suggest_name(self, vendor: Vendor) -> str:
+        """Return ``key`` + (the highest N among the vendor's ``keyN`` names
+        + 1), e.g. ``key3`` after ``key1`` and ``key2``."""
+        names = self.filter(vendor=vendor, name__startswith="key").values_list(
+            "name", flat=True
+        )
+        numbers = [int(match[1]) for name in names if (match := KEY_NAME_PATTERN.match(name))]
+        return f"key{max(numbers, default=0) + 1}"
+
+
+class ApiKeyManager(OrderedModelManager.from_queryset(ApiKeyQuerySet)):
+    pass
+
+
+class ApiKey(OrderedModel):
+    """One credential of a vendor, with its place in the priority order.
+
+    ``order`` 0 is the highest priority. ``status`` is derived from the
+    stored fields whenever it is read, so an expiry or the end of a cooldown
+    takes effect without any job running.
+    """
+
+    class Status(models.TextChoices):
+        NORMAL = "normal", "Normal"
+        EXCEEDED = "exceeded", "Exceeded"
+        EXPIRED = "expired", "Expired"
+        DISABLED = "disabled", "Disabled"
+        INVALID = "invalid", "Invalid"
+        RATE_LIMITED = "rate_limited", "Rate limited"
+
+    vendor = models.ForeignKey(Vendor, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=100)
+    secret = EncryptedTextField(help_text="The credential. Stored encrypted.")
+    api_url = models.URLField(
+        "API URL",
+        max_length=500,
+        blank=True,
+        help_text="Leave blank to use the vendor's base URL.",
+    )
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Extra settings, e.g. {"headers": {...}, "api_version": "..."}.',
+    )
+    expires_at = models.DateTimeField(
+        "expires", null=True, blank=True, help_text="Leave blank for never."
+    )
+    is_enabled = models.BooleanField("enabled", default=True)
+    is_default = models.BooleanField("default key", default=False, editable=False)
+
+    # Automatic status, written by the failover service.
+    is_exceeded = models.BooleanField("out of quota", default=False)
+    is_invalid = models.BooleanField("rejected by vendor", default=False)
+    cooldown_until = models.DateTimeField(null=True, blank=True)
+    status_reason = models.CharField(max_length=STATUS_REASON_MAX_LENGTH, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+
+    # Usage.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    success_count = models.PositiveBigIntegerField(default=0)
+    failure_count = models.PositiveBigIntegerField(default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    order_with_respect_to = "vendor"
+
+    objects = ApiKeyManager()
+
+    class Meta(OrderedModel.Meta):
+        verbose_name = "API key"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["vendor", "name"],
+                name="pool_apikey_unique_name_per_vendor",
+                violation_error_message="This vendor already has a key with this name.",
+            ),
+            models.UniqueConstraint(
+                fields=["vendor"],
+                condition=Q(is_default=True),
+                name="pool_apikey_one_default_per_vendor",
+            ),
+        ]
+        indexes = [models.Index(fields=["vendor", "order"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # Status ----------------------------------------------------------------
+
+    def status_at(self, now: datetime) -> ApiKey.Status:
+        """Return the status at ``now``, by the precedence expired >
+        disabled > invalid > exceeded > rate limited > normal."""
+        if self.expires_at is not None and self.expires_at <= now:
+            return self.Status.EXPIRED
+        if not self.is_enabled:
+            return self.Status.DISABLED
+        if self.is_invalid:
+            return self.Status.INVALID
+        if self.is_exceeded:
+            return self.Status.EXCEEDED
+        if self.cooldown_until is not None and self.cooldown_until > now:
+            return self.Status.RATE_LIMITED
+        return self.Status.NORMAL
+
+    @property
+    def status(self) -> ApiKey.Status:
+        return self.status_at(timezone.now())
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == self.Status.NORMAL
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def masked(self) -> str:
+        return mask(self.secret or "")
+
+    @property
+    def effective_url(self) -> str:
+        return self.api_url or self.vendor.base_url
+
+    # Saving and deleting ---------------------------------------------------
+
+    def save(self, *args, **kwargs):
+        """Save the key. A new key goes to the bottom of its vendor's list,
+        and the first key of a vendor becomes its default key."""
+        if not self._state.adding:
+            super().save(*args, **kwargs)
+            return
+        with transaction.atomic():
+            # Lock the vendor so that two keys added at once cannot both take
+            # the next priority or both become the default key.
+            Vendor.objects.select_for_update().filter(pk=self.vendor_id).exists()
+            if not self.is_default:
+                self.is_default = not ApiKey.objects.filter(
+                    vendor_id=self.vendor_id
+                ).exists()
+            super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        """Delete the key and move the keys below it up one place.
+
+        Raises ``DefaultKeyDeletionError`` for the default key.
+        """
+        with transaction.atomic(using=kwargs.get("using")):
+            return super().delete(*args, **kwargs)
+
+    def set_default(self) -> None:
+        """Make this key the vendor's default key in place of the old one."""
+        with transaction.atomic():
+            # Unset first: the partial unique constraint allows one default.
+            ApiKey.objects.filter(vendor_id=self.vendor_id, is_default=True).exclude(
+                pk=self.pk
+            ).update(is_default=False)
+            ApiKey.objects.filter(pk=self.pk).update(is_default=True)
+        self.is_default = True
+
+    def move(self, direction: str) -> bool:
+        """Swap the key with its neighbour above (``"up"``) or below
+        (``"down"``), writing only ``order``. Return False at either end."""
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+        with transaction.atomic():
+            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id).select_for_update()
+            ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
+            index = ids.index(self.pk)
+            target = index - 1 if direction == "up" else index + 1
+            if not 0 <= target < len(ids):
+                return False
+            ids[index], ids[target] = ids[target], ids[index]
+            siblings.write_order(ids)
+        self.order = target
+        return True
+
+    # Status changes --------------------------------------------------------
+
+    def enable(self) -> None:
+        """Enable the key and clear exceeded, invalid and any cooldown, so
+        the very next call may use it.
+
+        Raises ``ValidationError`` for an expired key.
+        """
+        if self.is_expired:
+            raise ValidationError(
+                f"Key {self.name!r} has expired. Extend its expiry date or "
+                "delete the key.",
+                code="expired",
+            )
+        self._write_status(
+            is_enabled=True,
+            is_exceeded=False,
+            is_invalid=False,
+            cooldown_until=None,
+            status_reason="",
+        )
+
+    def disable(self) -> None:
+        """Disable the key; it is skipped until it is enabled again."""
+        self._write_status(is_enabled=False)
+
+    def _write_status(self, **fields) -> None:
+        fields["status_changed_at"] = timezone.now()
+        ApiKey.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def mark(
+        self,
+        status: ApiKey.Status,
+        reason: str = "",
+        *,
+        observed_at: datetime,
+        cooldown_until: datetime | None = None,
+    ) -> bool:
+        """Record what a vendor answered about this key: EXCEEDED, INVALID
+        or RATE_LIMITED (with ``cooldown_until``).
+
+        One conditional UPDATE of the status fields. It is skipped, and
+        False returned, if the status changed after ``observed_at`` (the
+        time the request started): a key that someone re-enabled while the
+        request was in flight stays enabled. ``reason`` is stored with
+        secrets redacted.
+        """
+        changes: dict[str, object] = {
+            "status_reason": redact(reason, [self.secret])[:STATUS_REASON_MAX_LENGTH],
+            "status_changed_at": timezone.now(),
+        }
+        if status == self.Status.EXCEEDED:
+            changes["is_exceeded"] = True
+        elif status == self.Status.INVALID:
+            changes["is_invalid"] = True
+        elif status == self.Status.RATE_LIMITED:
+            if cooldown_until is None:
+                raise ValueError("RATE_LIMITED needs cooldown_until.")
+            changes["cooldown_until"] = cooldown_until
+        else:
+            raise ValueError(f"mark() takes EXCEEDED, INVALID or RATE_LIMITED, not {status}.")
+        not_changed_since = Q(status_changed_at__isnull=True) | Q(
+            status_changed_at__lte=observed_at
+        )
+        updated = ApiKey.objects.filter(not_changed_since, pk=self.pk).update(**changes)
+        if updated:
+            for name, value in changes.items():
+                setattr(self, name, value)
+        return bool(updated)
+
+    def record_usage(self, *, successes: int = 0, failures: int = 0, used_at: datetime) -> None:
+        """Add to the usage counters with one UPDATE that touches only them."""
+        ApiKey.objects.filter(pk=self.pk).update(
+            success_count=F("success_count") + successes,
+            failure_count=F("failure_count") + failures,
+            last_used_at=used_at,
+        )
+
+
+@receiver(pre_delete, sender=ApiKey, dispatch_uid="pool_protect_default_key")
+def protect_default_key(sender, instance: ApiKey, origin=None, **kwargs) -> None:
+    """Reject deleting a default key unless its whole vendor is deleted.
+
+    A signal covers every route (instance, queryset, admin); Django sends it
+    inside the delete transaction, so raising here deletes nothing.
+    """
+    if not instance.is_default:
+        return
+    if isinstance(origin, Vendor) or (
+        isinstance(origin, models.QuerySet) and origin.model is Vendor
+    ):
+        return
+    raise DefaultKeyDeletionError(
+        f"Key {instance.name!r} is the default key of {instance.vendor.name} and "
+        "cannot be deleted. Make another key the default first, or delete the "
+        "vendor with all its keys.",
+        code="default_key",
+    )

@@ -1,0 +1,45 @@
+"""Fixtures shared by the whole suite.
+
+Fixtures that belong to one area live in ``tests/fixtures/`` and are loaded
+here as plugins, so each area can grow its own without editing this file.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from pool.models import ApiKey, Vendor
+
+pytest_plugins = [
+    "tests.fixtures.simulator",
+    "tests.fixtures.browser",
+]
+
+_fake_numbers = itertools.count(1)
+
+
+def fake_secret(label: str = "ok") -> str:
+    """Return an obviously fake secret, unique within the test run."""
+    return f"sk-test-fake-{label}-{next(_fake_numbers):06d}"
+
+
+@pytest.fixture
+def vendor(db) -> Vendor:
+    return Vendor.objects.create(
+        slug="openai", name="OpenAI", protocol=Vendor.Protocol.OPENAI,
+        base_url="http://127.0.0.1:9/v1",
+    )
+
+
+@pytest.fixture
+def make_key(db):
+    """Create a key for a vendor; the name defaults to the suggested ``keyN``."""
+
+    def make(vendor: Vendor, **fields) -> ApiKey:
+        fields.setdefault("name", ApiKey.objects.suggest_name(vendor))
+        fields.setdefault("secret", fake_secret())
+        return ApiKey.objects.create(vendor=vendor, **fields)
+
+    return make
