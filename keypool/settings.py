@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -44,22 +45,23 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 def load_dev_secrets() -> dict[str, str]:
     """Return the development secrets, generating the file on first use."""
-    try:
+    if DEV_SECRETS_FILE.exists():
         return json.loads(DEV_SECRETS_FILE.read_text())
-    except FileNotFoundError:
-        pass
     secrets = {
         "SECRET_KEY": "django-insecure-dev-" + Fernet.generate_key().decode(),
         "KEYPOOL_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
-    # O_EXCL: when two processes start at once, the first writer wins and
-    # the second reads the winner's file, so both use the same keys.
+    # Write a private temporary file, then link it into place: the link fails
+    # if another process got there first, and then both use that one's keys.
+    fd, temporary = tempfile.mkstemp(dir=BASE_DIR, prefix=".dev-secrets.")
     try:
-        fd = os.open(DEV_SECRETS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(secrets, file, indent=2)
+        os.link(temporary, DEV_SECRETS_FILE)
     except FileExistsError:
         return json.loads(DEV_SECRETS_FILE.read_text())
-    with os.fdopen(fd, "w") as file:
-        json.dump(secrets, file, indent=2)
+    finally:
+        os.unlink(temporary)
     return secrets
 
 
@@ -78,11 +80,16 @@ def required_secret(name: str) -> str:
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = required_secret("SECRET_KEY")
 
-# Fernet keys, comma-separated. The first one encrypts; all of them decrypt,
-# so a new key can be put in front while old rows are rotated.
+# Fernet keys, comma-separated. The first one encrypts and all of them
+# decrypt, so a new key can be put in front while old rows are rotated.
 KEYPOOL_ENCRYPTION_KEYS = env_list(
     "KEYPOOL_ENCRYPTION_KEYS", required_secret("KEYPOOL_ENCRYPTION_KEYS")
 )
+if not KEYPOOL_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured(
+        "The KEYPOOL_ENCRYPTION_KEYS environment variable lists no key. Set it "
+        "to one or more comma-separated Fernet keys; see docs/settings.md."
+    )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -170,7 +177,7 @@ if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
-    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     if env_bool("TRUST_X_FORWARDED_PROTO", False):

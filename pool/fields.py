@@ -6,7 +6,8 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core import checks
+from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.db import models
 
 SETTING = "KEYPOOL_ENCRYPTION_KEYS"
@@ -42,12 +43,23 @@ def get_fernet() -> MultiFernet:
     return _build_fernet(tuple(getattr(settings, SETTING, ()) or ()))
 
 
+@checks.register(checks.Tags.security)
+def check_encryption_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Report an empty or invalid key list at start-up, not at the first save."""
+    try:
+        get_fernet()
+    except ImproperlyConfigured as error:
+        return [checks.Error(str(error), id="pool.E001")]
+    return []
+
+
 def encrypt(plaintext: str) -> str:
+    """Encrypt ``plaintext`` with the first key in the list."""
     return get_fernet().encrypt(plaintext.encode()).decode()
 
 
 def decrypt(token: str) -> str:
-    """Decrypt ``token`` or raise ``DecryptionError``; never return ciphertext."""
+    """Decrypt ``token``, or raise ``DecryptionError`` rather than return it."""
     try:
         return get_fernet().decrypt(token.encode()).decode()
     except InvalidToken:
@@ -81,4 +93,8 @@ class EncryptedTextField(models.TextField):
             return super().get_lookup(lookup_name)
         # A lookup would compare plaintext with a random token and silently
         # match nothing, so reject it where the query is built.
-        return None
+        raise FieldError(
+            f"The encrypted field {self.name!r} cannot be filtered with "
+            f"{lookup_name!r}: each save stores a new random token. Filter on "
+            "other fields."
+        )

@@ -17,7 +17,11 @@ from django.db.models import Case, Count, F, Q, Value, When
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
-from ordered_model.models import OrderedModel, OrderedModelManager, OrderedModelQuerySet
+from ordered_model.models import (
+    OrderedModel,
+    OrderedModelManager,
+    OrderedModelQuerySet,
+)
 
 from pool.fields import EncryptedTextField
 from pool.redaction import mask, redact
@@ -82,6 +86,7 @@ class Vendor(models.Model):
 
     @property
     def default_key(self) -> ApiKey | None:
+        """The vendor's default key, or None while it has no keys."""
         return self.keys.filter(is_default=True).first()
 
 
@@ -107,6 +112,16 @@ def usable_key_filter(*, prefix: str = "", now: datetime | None = None) -> Q:
 class DefaultKeyDeletionError(ValidationError):
     """Raised when the default key of a vendor would be deleted on its own."""
 
+    @classmethod
+    def for_key(cls, key: ApiKey) -> DefaultKeyDeletionError:
+        """Build the error for ``key``, naming the key, its vendor and the fix."""
+        return cls(
+            f"Key {key.name!r} is the default key of {key.vendor.name} and "
+            "cannot be deleted. Make another key the default first, or delete "
+            "the vendor with all its keys.",
+            code="default_key",
+        )
+
 
 class StaleOrderError(ValueError):
     """A new priority order did not list exactly the vendor's current keys."""
@@ -117,13 +132,14 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
         """Return the keys of ``vendor`` that may be called now, highest
         priority first, with their vendor loaded: one query.
 
-        ``vendor`` is a ``Vendor`` or a slug; an unknown slug gives no keys.
+        ``vendor`` is a ``Vendor`` or a slug. An unknown slug gives no keys.
         """
         if isinstance(vendor, Vendor):
             keys = self.filter(vendor=vendor)
         else:
             keys = self.filter(vendor__slug=vendor)
-        return keys.filter(usable_key_filter()).select_related("vendor").order_by("order")
+        keys = keys.filter(usable_key_filter()).select_related("vendor")
+        return keys.order_by("order", "pk")
 
     def delete(self):
         """Delete the keys and renumber each affected vendor's priorities.
@@ -158,13 +174,19 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
             keys.write_order(ids)
 
     def renumber(self, vendor: Vendor | int) -> None:
-        """Close gaps in the vendor's priorities so they run 0..n-1."""
-        ids = list(
-            self.model.objects.filter(vendor=vendor)
-            .order_by("order", "pk")
-            .values_list("pk", flat=True)
-        )
-        self.model.objects.filter(vendor=vendor).write_order(ids)
+        """Close gaps in the vendor's priorities so they run 0..n-1.
+
+        The vendor's keys are locked while they are counted, so a concurrent
+        reorder or move cannot interleave with the renumbering.
+        """
+        with transaction.atomic(using=self.db):
+            keys = self.model.objects.filter(vendor=vendor)
+            ids = list(
+                keys.select_for_update()
+                .order_by("order", "pk")
+                .values_list("pk", flat=True)
+            )
+            keys.write_order(ids)
 
     def write_order(self, ids: list[int]) -> int:
         """Give the keys ``ids`` the priorities 0..n-1 in list order.
@@ -185,7 +207,9 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
         names = self.filter(vendor=vendor, name__startswith="key").values_list(
             "name", flat=True
         )
-        numbers = [int(match[1]) for name in names if (match := KEY_NAME_PATTERN.match(name))]
+        numbers = [
+            int(match[1]) for name in names if (match := KEY_NAME_PATTERN.match(name))
+        ]
         return f"key{max(numbers, default=0) + 1}"
 
 
@@ -209,7 +233,9 @@ class ApiKey(OrderedModel):
         INVALID = "invalid", "Invalid"
         RATE_LIMITED = "rate_limited", "Rate limited"
 
-    vendor = models.ForeignKey(Vendor, on_delete=models.CASCADE, related_name="keys")
+    vendor = models.ForeignKey(
+        Vendor, on_delete=models.CASCADE, related_name="keys"
+    )
     name = models.CharField(max_length=100)
     secret = EncryptedTextField(help_text="The credential. Stored encrypted.")
     api_url = models.URLField(
@@ -233,7 +259,9 @@ class ApiKey(OrderedModel):
     is_exceeded = models.BooleanField("out of quota", default=False)
     is_invalid = models.BooleanField("rejected by vendor", default=False)
     cooldown_until = models.DateTimeField(null=True, blank=True)
-    status_reason = models.CharField(max_length=STATUS_REASON_MAX_LENGTH, blank=True)
+    status_reason = models.CharField(
+        max_length=STATUS_REASON_MAX_LENGTH, blank=True
+    )
     status_changed_at = models.DateTimeField(null=True, blank=True)
 
     # Usage.
@@ -285,29 +313,41 @@ class ApiKey(OrderedModel):
 
     @property
     def status(self) -> ApiKey.Status:
+        """The status now; see ``status_at``."""
         return self.status_at(timezone.now())
 
     @property
     def is_usable(self) -> bool:
+        """Whether the key may be called now (its status is normal)."""
         return self.status == self.Status.NORMAL
 
     @property
     def is_expired(self) -> bool:
+        """Whether ``expires_at`` has passed."""
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @property
     def masked(self) -> str:
+        """The display form of the secret, e.g. ``sk-t…0001``."""
         return mask(self.secret or "")
 
     @property
     def effective_url(self) -> str:
+        """The key's API URL, or the vendor's base URL when it has none."""
         return self.api_url or self.vendor.base_url
 
     # Saving and deleting ---------------------------------------------------
 
-    def save(self, *args, **kwargs):
+    def save(self, *args, **kwargs) -> None:
         """Save the key. A new key goes to the bottom of its vendor's list,
-        and the first key of a vendor becomes its default key."""
+        and the first key of a vendor becomes its default key.
+
+        A new key created with ``is_default=True`` takes the default from the
+        vendor's old default key. To change an existing key, pass
+        ``update_fields`` with the fields the edit changed: a full save
+        writes every column from memory and so overwrites a status, a usage
+        count or a priority that was written since the key was loaded.
+        """
         if not self._state.adding:
             super().save(*args, **kwargs)
             return
@@ -315,23 +355,31 @@ class ApiKey(OrderedModel):
             # Lock the vendor so that two keys added at once cannot both take
             # the next priority or both become the default key.
             Vendor.objects.select_for_update().filter(pk=self.vendor_id).exists()
-            if not self.is_default:
-                self.is_default = not ApiKey.objects.filter(
-                    vendor_id=self.vendor_id
-                ).exists()
+            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
+            if self.is_default:
+                # Unset first: the partial unique constraint allows one default.
+                siblings.filter(is_default=True).update(is_default=False)
+            else:
+                self.is_default = not siblings.exists()
             super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):
+    def delete(self, *args, **kwargs) -> tuple[int, dict[str, int]]:
         """Delete the key and move the keys below it up one place.
 
-        Raises ``DefaultKeyDeletionError`` for the default key.
+        Raises ``DefaultKeyDeletionError`` for the default key, and then
+        deletes nothing.
         """
         with transaction.atomic(using=kwargs.get("using")):
-            return super().delete(*args, **kwargs)
+            # Skip OrderedModel.delete(): it shifts the keys below by the
+            # in-memory ``order``, which is stale after a concurrent reorder.
+            result = models.Model.delete(self, *args, **kwargs)
+            ApiKey.objects.renumber(self.vendor_id)
+        return result
 
     def set_default(self) -> None:
         """Make this key the vendor's default key in place of the old one."""
         with transaction.atomic():
+            Vendor.objects.select_for_update().filter(pk=self.vendor_id).exists()
             # Unset first: the partial unique constraint allows one default.
             ApiKey.objects.filter(vendor_id=self.vendor_id, is_default=True).exclude(
                 pk=self.pk
@@ -343,9 +391,10 @@ class ApiKey(OrderedModel):
         """Swap the key with its neighbour above (``"up"``) or below
         (``"down"``), writing only ``order``. Return False at either end."""
         if direction not in ("up", "down"):
-            raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+            raise ValueError(f"direction must be 'up' or 'down', not {direction!r}.")
         with transaction.atomic():
-            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id).select_for_update()
+            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
+            siblings = siblings.select_for_update()
             ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
             index = ids.index(self.pk)
             target = index - 1 if direction == "up" else index + 1
@@ -355,6 +404,53 @@ class ApiKey(OrderedModel):
             siblings.write_order(ids)
         self.order = target
         return True
+
+    # OrderedModel's own moves (up, down, to, top, bottom, above, below, swap)
+    # call save(), which writes every column from memory. They are redone
+    # here on top of write_order(), so they too write only ``order``.
+
+    def to(self, order: int, extra_update: dict | None = None) -> None:
+        """Move the key to priority ``order``, shifting the keys in between.
+
+        Writes only ``order``. An ``order`` past the end moves the key to the
+        bottom.
+        """
+        if extra_update:
+            raise TypeError("ApiKey.to() writes only the order: no extra_update.")
+        if not isinstance(order, int):
+            raise TypeError(f"order must be an int, not {type(order).__name__}.")
+        with transaction.atomic():
+            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
+            siblings = siblings.select_for_update()
+            ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
+            ids.remove(self.pk)
+            ids.insert(max(order, 0), self.pk)
+            siblings.write_order(ids)
+        self.order = ids.index(self.pk)
+
+    def swap(self, replacement: ApiKey) -> None:
+        """Exchange the priorities of this key and ``replacement``.
+
+        Writes only ``order``. Raises ``ValueError`` for a key of another
+        vendor.
+        """
+        self._validate_ordering_reference(replacement)
+        with transaction.atomic():
+            siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
+            siblings = siblings.select_for_update()
+            ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
+            first, second = ids.index(self.pk), ids.index(replacement.pk)
+            ids[first], ids[second] = ids[second], ids[first]
+            siblings.write_order(ids)
+        self.order, replacement.order = second, first
+
+    def up(self) -> None:
+        """Move the key one place up; see ``move``."""
+        self.move("up")
+
+    def down(self) -> None:
+        """Move the key one place down; see ``move``."""
+        self.move("down")
 
     # Status changes --------------------------------------------------------
 
@@ -379,7 +475,7 @@ class ApiKey(OrderedModel):
         )
 
     def disable(self) -> None:
-        """Disable the key; it is skipped until it is enabled again."""
+        """Disable the key. It is skipped until it is enabled again."""
         self._write_status(is_enabled=False)
 
     def _write_status(self, **fields) -> None:
@@ -396,8 +492,8 @@ class ApiKey(OrderedModel):
         observed_at: datetime,
         cooldown_until: datetime | None = None,
     ) -> bool:
-        """Record what a vendor answered about this key: EXCEEDED, INVALID
-        or RATE_LIMITED (with ``cooldown_until``).
+        """Record the status that a vendor response showed for this key:
+        EXCEEDED, INVALID or RATE_LIMITED (with ``cooldown_until``).
 
         One conditional UPDATE of the status fields. It is skipped, and
         False returned, if the status changed after ``observed_at`` (the
@@ -405,8 +501,9 @@ class ApiKey(OrderedModel):
         request was in flight stays enabled. ``reason`` is stored with
         secrets redacted.
         """
+        reason = redact(reason, [self.secret])
         changes: dict[str, object] = {
-            "status_reason": redact(reason, [self.secret])[:STATUS_REASON_MAX_LENGTH],
+            "status_reason": reason[:STATUS_REASON_MAX_LENGTH],
             "status_changed_at": timezone.now(),
         }
         if status == self.Status.EXCEEDED:
@@ -418,17 +515,23 @@ class ApiKey(OrderedModel):
                 raise ValueError("RATE_LIMITED needs cooldown_until.")
             changes["cooldown_until"] = cooldown_until
         else:
-            raise ValueError(f"mark() takes EXCEEDED, INVALID or RATE_LIMITED, not {status}.")
+            raise ValueError(
+                f"mark() takes EXCEEDED, INVALID or RATE_LIMITED, not {status}."
+            )
         not_changed_since = Q(status_changed_at__isnull=True) | Q(
             status_changed_at__lte=observed_at
         )
-        updated = ApiKey.objects.filter(not_changed_since, pk=self.pk).update(**changes)
+        updated = ApiKey.objects.filter(not_changed_since, pk=self.pk).update(
+            **changes
+        )
         if updated:
             for name, value in changes.items():
                 setattr(self, name, value)
         return bool(updated)
 
-    def record_usage(self, *, successes: int = 0, failures: int = 0, used_at: datetime) -> None:
+    def record_usage(
+        self, *, successes: int = 0, failures: int = 0, used_at: datetime
+    ) -> None:
         """Add to the usage counters with one UPDATE that touches only them."""
         ApiKey.objects.filter(pk=self.pk).update(
             success_count=F("success_count") + successes,
@@ -450,9 +553,4 @@ def protect_default_key(sender, instance: ApiKey, origin=None, **kwargs) -> None
         isinstance(origin, models.QuerySet) and origin.model is Vendor
     ):
         return
-    raise DefaultKeyDeletionError(
-        f"Key {instance.name!r} is the default key of {instance.vendor.name} and "
-        "cannot be deleted. Make another key the default first, or delete the "
-        "vendor with all its keys.",
-        code="default_key",
-    )
+    raise DefaultKeyDeletionError.for_key(instance)

@@ -20,6 +20,24 @@ pytest_plugins = [
 _fake_numbers = itertools.count(1)
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix, tmp_path_factory
+) -> None:
+    """Keep the SQLite test database in a file of this session.
+
+    Threads that share an in-memory database lock whole tables, and such a
+    lock fails at once instead of waiting for the busy timeout, so tests of
+    concurrent callers need a file. PostgreSQL is left as configured.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        path = tmp_path_factory.mktemp("database") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
+
+
 def fake_secret(label: str = "ok") -> str:
     """Return an obviously fake secret, unique within the test run."""
     return f"sk-test-fake-{label}-{next(_fake_numbers):06d}"
