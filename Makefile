@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run   set up, load demo data and serve on http://127.0.0.1:8000/
+#   make run   set up, load demo data and serve on http://127.0.0.1:$(PORT)/
 #   make test  set up and run the whole test suite
 # DATABASE_URL selects the database (default: SQLite in db.sqlite3).
 
@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
+PORT ?= 8000
 SIMULATOR_PORT ?= 8900
 
 .PHONY: run test venv clean
@@ -21,11 +22,11 @@ $(STAMP): requirements.txt
 
 run: venv
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py load_demo --simulator-port $(SIMULATOR_PORT)
+	$(BIN)/python manage.py load_demo --simulator-port $(SIMULATOR_PORT) --port $(PORT)
 	@# The vendor simulator answers for the demo vendors; it stops with the server.
 	$(BIN)/python manage.py simulate_vendor --port $(SIMULATOR_PORT) & \
 	  trap "kill $$! 2>/dev/null" EXIT INT TERM; \
-	  $(BIN)/python manage.py runserver 127.0.0.1:8000
+	  $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

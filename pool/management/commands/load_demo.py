@@ -21,7 +21,6 @@ from pool.models import ApiKey, Protocol, Vendor
 
 ADMIN_USERNAME = "admin"
 PASSWORD_ENTRY = "ADMIN_PASSWORD"
-POOL_URL = "http://127.0.0.1:8000/pool/"
 
 # (slug, name, protocol, path prefix of the real API, keys). Each key is
 # (name, secret, extra fields); the simulator reads its behaviour from the
@@ -93,6 +92,12 @@ class Command(BaseCommand):
             default=8900,
             help="Port of the vendor simulator on 127.0.0.1 (default 8900).",
         )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=8000,
+            help="Port the app is served on, for the printed URL (default 8000).",
+        )
 
     def handle(self, *args, **options) -> None:
         if Vendor.objects.exists():
@@ -101,7 +106,7 @@ class Command(BaseCommand):
             )
         else:
             self.create_demo(options["simulator_port"])
-        self.ensure_admin()
+        self.ensure_admin(f"http://127.0.0.1:{options['port']}/pool/")
 
     def create_demo(self, port: int) -> None:
         now = timezone.now()
@@ -120,7 +125,7 @@ class Command(BaseCommand):
             f"on 127.0.0.1:{port}."
         )
 
-    def ensure_admin(self) -> None:
+    def ensure_admin(self, pool_url: str) -> None:
         password = admin_password(Path(settings.DEV_SECRETS_FILE))
         users = get_user_model().objects
         user = users.filter(username=ADMIN_USERNAME).first()
@@ -133,10 +138,10 @@ class Command(BaseCommand):
                 "which was left unchanged. Set a new one with: "
                 f"python manage.py changepassword {ADMIN_USERNAME}"
             )
-            self.stdout.write(f"Open {POOL_URL}")
+            self.stdout.write(f"Open {pool_url}")
             return
         self.stdout.write(
-            f"Open {POOL_URL} and log in as {ADMIN_USERNAME} with password "
+            f"Open {pool_url} and log in as {ADMIN_USERNAME} with password "
             f"{password} (kept in {Path(settings.DEV_SECRETS_FILE).name})."
         )
 
