@@ -52,6 +52,16 @@ def vendor(db) -> Vendor:
 
 
 @pytest.fixture
+def other_vendor(db) -> Vendor:
+    return Vendor.objects.create(
+        slug="anthropic",
+        name="Anthropic",
+        protocol=Vendor.Protocol.ANTHROPIC,
+        base_url="http://127.0.0.1:9/anthropic/v1",
+    )
+
+
+@pytest.fixture
 def make_key(db):
     """Create a key for a vendor; the name defaults to the suggested ``keyN``."""
 

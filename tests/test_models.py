@@ -40,15 +40,6 @@ def raw_rows() -> list[tuple]:
         return cursor.fetchall()
 
 
-@pytest.fixture
-def other_vendor(db) -> Vendor:
-    return Vendor.objects.create(
-        slug="anthropic",
-        name="Anthropic",
-        protocol=Vendor.Protocol.ANTHROPIC,
-        base_url="http://127.0.0.1:9/v1",
-    )
-
 
 @pytest.fixture
 def five_keys(vendor, make_key) -> list[ApiKey]:

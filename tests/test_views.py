@@ -21,15 +21,6 @@ def page_url(vendor: Vendor) -> str:
     return reverse("pool:vendor", kwargs={"vendor": vendor.slug})
 
 
-@pytest.fixture
-def other_vendor(db) -> Vendor:
-    return Vendor.objects.create(
-        slug="anthropic",
-        name="Anthropic",
-        protocol=Vendor.Protocol.ANTHROPIC,
-        base_url="http://127.0.0.1:9/anthropic",
-    )
-
 
 class TestAccess:
     def test_anonymous_redirected_to_admin_login(self, client, vendor):
