@@ -67,6 +67,9 @@ REQUEST_ERROR_PATTERNS = re.compile(
     r"|unsupported_country_region_territory|country, region, or territory"
     r"|location is not supported|region is not supported|deploymentnotfound"
     r"|model_not_found"
+    # A feature of the model, such as image input, that the request used.
+    r"|(?:is|are) (?:not supported|disabled|not enabled|not available)"
+    r" (?:for|by|with|on|in) (?:this|the) model"
 )
 EXCEEDED_PATTERNS = re.compile(
     r"insufficient_quota|billing_not_active|billing_error|exceeded_current_quota"
@@ -74,19 +77,43 @@ EXCEEDED_PATTERNS = re.compile(
     r"|insufficient (?:credit|funds)|balance is (?:too )?low|billing details"
     r"|account is not active|spend(?:ing)? limit|arrear|good standing"
     r"|free tier of the model has been exhausted|free quota has been exhausted"
-    r"|out of (?:call volume )?quota|payment required|欠费|余额不足"
+    r"|out of (?:call volume )?quota|payment required|unpaid|欠费|余额不足"
+)
+# Quota words without billing words: a quota of any window, so they count
+# only when no per-minute or per-second limit is named first.
+QUOTA_PATTERNS = re.compile(
+    r"quota (?:has been |was )?(?:exceeded|exhausted|used up)"
+    r"|exceeded (?:your |the )?(?:current )?quota"
 )
 PERIODIC_CAP_PATTERNS = re.compile(
     r"per[- ]day|/\s*day\b|\bdaily\b|per[- ]month|/\s*month\b|\bmonthly\b"
     r"|replenished in|regain access on|perday|permonth"
 )
-INVALID_PATTERNS = re.compile(
-    r"invalid_api_key|authentication_error|permission_error|access_terminated"
-    r"|incorrect api key|invalid api key|api key not valid|api key not found"
-    r"|invalid x-api-key|invalid api token|reported as leaked|suspended"
-    r"|terminated|revoked|service_disabled|has been disabled|is disabled"
-    r"|organization (?:is |has been )?(?:disabled|restricted)|permission denied"
-    r"|permission_denied"
+SHORT_WINDOW_PATTERNS = re.compile(
+    r"per[- ]min(?:ute)?\b|/\s*min(?:ute)?\b|\b[rt]pm\b|per[- ]second|\b[rt]ps\b"
+    r"|perminute|persecond"
+)
+# Evidence about the key itself, trusted on any status but 429, because a
+# 429 is about the rate of requests.
+KEY_INVALID_PATTERNS = re.compile(
+    r"invalid_api_key|authentication_error|incorrect api key|invalid api key"
+    r"|api key not valid|api key not found|invalid x-api-key|invalid api token"
+    r"|reported as leaked|api[_ ]key[_ ]invalid|api[_ ]key[_ ](?:has )?expired"
+    r"|expired api key"
+)
+# A key, account, organisation or project that is blocked, trusted on 400
+# and 403. A bare "is disabled" or "terminated" may be about a model
+# feature or one request, so the subject must come first in the sentence.
+ACCOUNT_BLOCKED_PATTERNS = re.compile(
+    r"\b(?:api key|key|account|organi[sz]ation|org|project|subscription)\b"
+    r"[^.]{0,80}?\b(?:suspended|terminated|revoked|disabled|deactivated"
+    r"|restricted|banned|blocked)\b"
+)
+# A 403 is an authorisation failure, so these words are about the caller's
+# access and not about the request.
+FORBIDDEN_PATTERNS = re.compile(
+    r"permission_error|permission[_ ]denied|access[_ ]terminated|service_disabled"
+    r"|access (?:has been )?(?:revoked|suspended)"
 )
 OVERLOAD_PATTERNS = re.compile(r"overloaded|capacity exceeded|server_error")
 
@@ -110,7 +137,12 @@ def classify_error(
     """Return the outcome of an error response (status 400 and above)."""
     message = error.message or f"HTTP {status_code}"
     text = error.text
-    if status_code >= 500 or error.is_html:
+    if status_code >= 500:
+        return Verdict(Outcome.TRANSIENT, message)
+    # A 401 is about the key whatever the body contains, even an HTML page.
+    if status_code == 401:
+        return Verdict(Outcome.INVALID, message)
+    if error.is_html:
         return Verdict(Outcome.TRANSIENT, message)
     if status_code in (404, 405, 413, 415, 422) or REQUEST_ERROR_PATTERNS.search(text):
         return Verdict(Outcome.REQUEST_ERROR, message)
@@ -118,11 +150,14 @@ def classify_error(
         return Verdict(Outcome.INVALID, message)
     if error.gemini_quota_ids:
         return classify_gemini_quota(headers, error, message, now)
-    if PERIODIC_CAP_PATTERNS.search(text):
+    window = limit_window(text)
+    if window == "periodic":
         return periodic_cap(headers, text, message, now)
     if EXCEEDED_PATTERNS.search(text) or status_code == 402:
         return Verdict(Outcome.EXCEEDED, message)
-    if status_code == 401 or INVALID_PATTERNS.search(text):
+    if window is None and QUOTA_PATTERNS.search(text):
+        return Verdict(Outcome.EXCEEDED, message)
+    if is_key_invalid(status_code, text):
         return Verdict(Outcome.INVALID, message)
     if OVERLOAD_PATTERNS.search(text) or status_code == 408:
         return Verdict(Outcome.TRANSIENT, message)
@@ -133,6 +168,35 @@ def classify_error(
         # firewall block) may clear by itself, so the key is left alone.
         return Verdict(Outcome.TRANSIENT, message)
     return Verdict(Outcome.REQUEST_ERROR, message)
+
+
+def limit_window(text: str) -> str | None:
+    """Return "periodic" or "short" for the window of the limit that the
+    text names first, or None when it names none.
+
+    Vendors name the limit that was hit before any other they mention, as
+    in "tokens per min (TPM) ... upgrade your monthly plan", so the first
+    one decides.
+    """
+    periodic = PERIODIC_CAP_PATTERNS.search(text)
+    short_window = SHORT_WINDOW_PATTERNS.search(text)
+    if periodic and (short_window is None or periodic.start() < short_window.start()):
+        return "periodic"
+    if short_window:
+        return "short"
+    return None
+
+
+def is_key_invalid(status_code: int, text: str) -> bool:
+    """Tell whether the body is evidence that the key, its account or its
+    organisation cannot be used. A 429 never is."""
+    if status_code == 429:
+        return False
+    if KEY_INVALID_PATTERNS.search(text):
+        return True
+    if status_code in (400, 403) and ACCOUNT_BLOCKED_PATTERNS.search(text):
+        return True
+    return status_code == 403 and FORBIDDEN_PATTERNS.search(text) is not None
 
 
 def classify_gemini_quota(

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -22,6 +23,41 @@ if TYPE_CHECKING:
     from pool.models import ApiKey
 
 ANTHROPIC_VERSION = "2023-06-01"
+
+# RFC 3986 scheme syntax. "gemini-pro:generateContent" matches it too, so a
+# scheme makes a URL absolute only when "//" or "\\" follows it or it is one
+# of KNOWN_SCHEMES.
+URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+# Schemes that make a URL with or without slashes ("http:host", "mailto:x").
+KNOWN_SCHEMES = frozenset(
+    {
+        "http",
+        "https",
+        "ws",
+        "wss",
+        "ftp",
+        "ftps",
+        "sftp",
+        "file",
+        "data",
+        "blob",
+        "javascript",
+        "vbscript",
+        "mailto",
+        "tel",
+        "sms",
+        "urn",
+        "ldap",
+        "gopher",
+    }
+)
+# WHATWG URL parsers strip C0 controls and spaces from the start of a URL.
+C0_CONTROL_OR_SPACE = "".join(chr(code) for code in range(0x20)) + " "
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# Browsers and some servers read a backslash as a slash, so "\\\\host" and
+# "/\\host" name a host like "//host".
+HOST_PREFIXES = ("//", "\\\\", "/\\", "\\/")
+MAX_DECODE_ROUNDS = 5
 
 # The cheapest call of each protocol that still proves the key works.
 PROBE_PATHS = {
@@ -44,16 +80,63 @@ class PreparedCall:
 def join_url(base_url: str, path: str) -> str:
     """Append ``path`` to ``base_url`` with exactly one slash between them.
 
-    Raises ``ValueError`` for an absolute or scheme-relative URL, so a
-    secret is never sent to a host other than the key's own.
+    Raises ``ValueError`` for an absolute or scheme-relative URL, a ``.`` or
+    ``..`` segment (plain or percent-encoded) and a control character, so a
+    secret is never sent to another host or outside the key's base path. A
+    colon in a relative path, as in ``models/gemini-pro:generateContent``,
+    is allowed.
     """
-    parts = urlsplit(path)
-    if parts.scheme or parts.netloc or path.startswith(("//", "\\\\")):
+    # URL parsers drop leading spaces and C0 controls, so " http://x" is an
+    # absolute URL to them, and the check must see it the same way.
+    if is_absolute_url(path.lstrip(C0_CONTROL_OR_SPACE)):
         raise ValueError(
             f"path {path!r} is an absolute URL. Pass a path such as "
             "'chat/completions'; the host comes from the key or its vendor."
         )
-    return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
+    if CONTROL_CHARACTER.search(path):
+        raise ValueError(
+            f"path {path!r} contains a control character. Pass a path such as "
+            "'chat/completions' without tabs, line breaks or NUL."
+        )
+    if has_dot_segment(path):
+        raise ValueError(
+            f"path {path!r} contains a '.' or '..' segment, which would leave "
+            "the key's API URL. Pass a path below it, such as 'chat/completions'."
+        )
+    joined = f"{base_url.rstrip('/')}/{path.lstrip('/')}"
+    if urlsplit(joined)[:2] != urlsplit(base_url)[:2]:
+        raise ValueError(
+            f"path {path!r} is an absolute URL because it changes the host of "
+            "the key's API URL. Pass a path such as 'chat/completions'."
+        )
+    return joined
+
+
+def is_absolute_url(path: str) -> bool:
+    """Tell whether ``path`` names a host or a scheme of its own."""
+    if path[:2] in HOST_PREFIXES:
+        return True
+    match = URL_SCHEME.match(path)
+    if match is None:
+        return False
+    rest = path[match.end() :]
+    return rest[:2] in HOST_PREFIXES or match[1].lower() in KNOWN_SCHEMES
+
+
+def has_dot_segment(path: str) -> bool:
+    """Tell whether a segment of the path part is ``.`` or ``..``, also
+    when percent-encoded, once or more."""
+    path_part = re.split(r"[?#]", path, maxsplit=1)[0]
+    for segment in re.split(r"[/\\]", path_part):
+        # Decode until stable, because a proxy or server may decode twice.
+        for _ in range(MAX_DECODE_ROUNDS):
+            decoded = unquote(segment)
+            if decoded == segment:
+                break
+            segment = decoded
+        if segment in (".", ".."):
+            return True
+    return False
 
 
 def build_request(

@@ -20,7 +20,10 @@ For example ``sk-sim-quota3-demo`` succeeds three times. Tests can also
 queue arbitrary replies for a secret, either through ``script()`` or by
 POSTing ``{"secret": ..., "replies": [{"status": ..., "headers": {...},
 "body": ...}]}`` to ``/_sim/script``; queued replies are used first, in
-order. ``POST /_sim/reset`` clears the queues and call counts.
+order. A reply with a status outside 100..599, headers that are not
+strings or a body that is not JSON is rejected: ``script()`` raises
+``ValueError`` and the endpoint responds 400, and neither queues any reply
+of that script. ``POST /_sim/reset`` clears the queues and call counts.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ from urllib.parse import parse_qs, urlsplit
 logger = logging.getLogger(__name__)
 
 BEHAVIOUR = re.compile(r"sim-([a-z]+)(\d*)")
+# RFC 9110 token characters.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers that describe the transfer, which the simulator writes itself.
+SIMULATOR_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+# Long enough for any timeout test, short enough that a typo cannot hang a
+# handler thread for hours.
+MAX_DELAY = 600
 CONTROL_PREFIX = "/_sim/"
 RECENT_REQUESTS = 1000
 PER_DAY_QUOTA = "GenerateRequestsPerDayPerProjectPerModel"
@@ -108,7 +119,15 @@ class VendorSimulator(ThreadingHTTPServer):
 
     def script(self, secret: str, *replies: Reply) -> None:
         """Queue replies for requests with ``secret``, used in order before
-        the behaviour in the secret."""
+        the behaviour in the secret.
+
+        Raises ``ValueError`` naming the first invalid reply, and then
+        queues none of them.
+        """
+        if not isinstance(secret, str):
+            raise ValueError(f"secret must be a string, not {type(secret).__name__}.")
+        for index, reply in enumerate(replies):
+            check_reply(reply, f"replies[{index}]")
         with self.lock:
             self.queues.setdefault(secret, deque()).extend(replies)
 
@@ -183,17 +202,12 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             return
         if path == "/_sim/script" and self.command == "POST":
             try:
-                data = json.loads(body)
-                replies = [
-                    Reply(item["status"], item.get("body"), item.get("headers") or {})
-                    for item in data["replies"]
-                ]
-                secret = data["secret"]
-            except (ValueError, KeyError, TypeError) as error:
-                message = f"Invalid script: {error}. Send secret and replies."
-                self.send(Reply(400, {"error": message}))
+                secret, replies = parse_script(body)
+                self.server.script(secret, *replies)
+            except ValueError as error:
+                logger.warning("Simulator rejected a script: %s", error)
+                self.send(Reply(400, {"error": f"Invalid script: {error}"}))
                 return
-            self.server.script(secret, *replies)
             self.send(Reply(200, {"queued": len(replies)}))
             return
         self.send(Reply(404, {"error": f"No control endpoint {path}."}))
@@ -216,6 +230,90 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("Simulator: " + format, *args)
+
+
+def parse_script(body: bytes) -> tuple[str, list[Reply]]:
+    """Read ``{"secret": ..., "replies": [...]}`` from a control request.
+
+    Raises ``ValueError`` naming the missing or invalid field.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise ValueError(f"the body is not JSON ({error}).") from None
+    if not isinstance(data, dict) or "secret" not in data or "replies" not in data:
+        raise ValueError(
+            'send a JSON object with "secret" and "replies", such as '
+            '{"secret": "sk-sim-ok-1", "replies": [{"status": 429}]}.'
+        )
+    if not isinstance(data["replies"], list):
+        raise ValueError("replies must be a list of objects.")
+    replies = []
+    for index, item in enumerate(data["replies"]):
+        if not isinstance(item, dict) or "status" not in item:
+            raise ValueError(f"replies[{index}] must be an object with a status.")
+        replies.append(
+            Reply(
+                item["status"],
+                item.get("body"),
+                item.get("headers") or {},
+                item.get("delay", 0.0),
+            )
+        )
+    return data["secret"], replies
+
+
+def check_reply(reply: Reply, name: str) -> None:
+    """Raise ``ValueError`` unless the simulator can send ``reply`` as a
+    well-formed HTTP response. ``name`` is the reply's place in the script,
+    for the message."""
+    status = reply.status
+    is_integer = isinstance(status, int) and not isinstance(status, bool)
+    if not is_integer or not 100 <= status <= 599:
+        raise ValueError(
+            f"{name}.status must be an integer from 100 to 599, not {status!r}."
+        )
+    if not isinstance(reply.headers, dict):
+        raise ValueError(f"{name}.headers must be an object of strings.")
+    for header, value in reply.headers.items():
+        check_header(header, value, f"{name}.headers")
+    if reply.body is not None and not isinstance(reply.body, str):
+        try:
+            json.dumps(reply.body, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{name}.body must be a string or a JSON value ({error})."
+            ) from None
+    delay = reply.delay
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise ValueError(f"{name}.delay must be a number of seconds, not {delay!r}.")
+    if not 0 <= delay <= MAX_DELAY:
+        raise ValueError(
+            f"{name}.delay must be from 0 to {MAX_DELAY} seconds, not {delay!r}."
+        )
+
+
+def check_header(header: Any, value: Any, name: str) -> None:
+    if not isinstance(header, str) or not HEADER_NAME.fullmatch(header):
+        raise ValueError(f"{name} has an invalid header name {header!r}.")
+    if header.lower() in SIMULATOR_HEADERS:
+        raise ValueError(
+            f"{name} sets {header}, which the simulator writes itself. "
+            "Leave it out."
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"{name}[{header!r}] must be a string, not {value!r}.")
+    # The head goes out as Latin-1, and a line break would end the header.
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        latin_1 = False
+    else:
+        latin_1 = True
+    if not latin_1 or HEADER_VALUE_FORBIDDEN.search(value):
+        raise ValueError(
+            f"{name}[{header!r}] must be Latin-1 text without control characters."
+        )
 
 
 def content_type(body: Any) -> str:

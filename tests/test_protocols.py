@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
-from pool.classify import DEFAULT_COOLDOWN, Outcome, classify
-from pool.hints import find_header_hint, find_text_hint, parse_duration
+from pool.classify import DEFAULT_COOLDOWN, MAX_COOLDOWN, Outcome, classify
+from pool.hints import (
+    MAX_HINT,
+    find_header_hint,
+    find_text_hint,
+    parse_duration,
+    coerce_retry_after,
+)
 from pool.models import ApiKey, Vendor
 from pool.protocols import build_request, join_url
 
@@ -259,7 +266,7 @@ class TestCooldowns:
     def test_default_without_hint(self):
         assert cooldown() == DEFAULT_COOLDOWN
 
-    def test_retry_after_seconds(self):
+    def test_coerce_retry_after(self):
         assert cooldown(headers={"retry-after": "17"}) == timedelta(seconds=17)
 
     def test_retry_after_http_date(self):
@@ -414,3 +421,304 @@ class TestParseDuration:
 
     def test_header_names_lowercase(self):
         assert find_header_hint({"retry-after": "5"}, NOW) == timedelta(seconds=5)
+
+
+class TestJoinUrlPaths:
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "models/gemini-pro:generateContent",
+            "gemini-pro:generateContent",
+            "models/gemini-1.5-flash:streamGenerateContent?alt=sse",
+            "deployments/d:1/chat",
+        ],
+    )
+    def test_colon_in_relative_path_accepted(self, path):
+        assert join_url("http://h/v1beta", path) == f"http://h/v1beta/{path}"
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "http:other/x",
+            "https:/other/x",
+            "HTTPS:\\\\other",
+            "git+ssh://other/x",
+            "x-custom:\\\\other",
+            "/\\other/x",
+            "\\/other/x",
+            "mailto:a@example.test",
+            " http://other/x",
+            "\x00//other/x",
+        ],
+    )
+    def test_other_absolute_forms_rejected(self, path):
+        with pytest.raises(ValueError, match="absolute URL"):
+            join_url("http://h/v1", path)
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "../../x",
+            "models/../../x",
+            "./models",
+            "models/..",
+            "%2e%2e/x",
+            "%2E%2e/x",
+            ".%2e/x",
+            "models/%2e/x",
+            "%252e%252e/x",
+            "..\\x",
+        ],
+    )
+    def test_dot_segment_rejected(self, path):
+        with pytest.raises(ValueError, match="'.' or '..'"):
+            join_url("http://h/v1", path)
+
+    def test_dots_inside_segment_accepted(self):
+        path = "models/gemini-1.5..x/...?next=../y"
+
+        assert join_url("http://h/v1", path) == f"http://h/v1/{path}"
+
+    @pytest.mark.parametrize("path", ["models\r\nX-Injected: 1", "mod\tels"])
+    def test_control_character_rejected(self, path):
+        with pytest.raises(ValueError, match="control character"):
+            join_url("http://h/v1", path)
+
+
+class TestKeyEvidence:
+    """Invalid needs evidence about the key, account or organisation."""
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [
+            (400, {"error": {"message": "Image input is disabled for this model."}}),
+            (400, {"error": {"message": "Streaming is disabled for this request."}}),
+            (400, {"error": {"message": "The tool call was terminated."}}),
+            (400, {"error": {"message": "Function calling is suspended for o1."}}),
+            (403, {"error": {"message": "Image input is disabled for this model."}}),
+        ],
+    )
+    def test_model_feature_is_request_error(self, status, body):
+        assert verdict(status, body).outcome == Outcome.REQUEST_ERROR
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            "Your request was terminated",
+            "Stream revoked by upstream, slow down",
+            "Concurrency for this endpoint is disabled while busy",
+        ],
+    )
+    def test_429_without_quota_evidence_rate_limited(self, message):
+        assert cooldown(body={"error": {"message": message}}) == DEFAULT_COOLDOWN
+
+    @pytest.mark.parametrize(
+        ("status", "body"),
+        [
+            (400, {"error": {"message": "API key expired. Please renew the API key."}}),
+            (400, {"error": {"message": "Your account has been deactivated."}}),
+            (400, {"code": "x", "error": "Incorrect API key provided: xx***xx."}),
+            (403, {"error": {"message": "This API key has been revoked."}}),
+            (403, {"error": {"message": "Your account is suspended."}}),
+            (403, {"error": {"message": "Your organization has been restricted."}}),
+            (403, {"error": {"message": "Access terminated.", "type": "x"}}),
+        ],
+    )
+    def test_key_evidence_invalid(self, status, body):
+        assert verdict(status, body).outcome == Outcome.INVALID
+
+    def test_401_with_context_length_invalid(self):
+        body = openai_error("context_length_exceeded", code="context_length_exceeded")
+
+        assert verdict(401, body).outcome == Outcome.INVALID
+
+    def test_401_html_page_invalid(self):
+        page = "<html><title>401 Authorization Required</title></html>"
+
+        assert verdict(401, page).outcome == Outcome.INVALID
+
+
+class TestQuotaEvidence:
+    def test_403_quota_exceeded_for_key(self):
+        body = {"error": {"message": "Quota exceeded for this API key."}}
+
+        assert verdict(403, body).outcome == Outcome.EXCEEDED
+
+    def test_429_unpaid_invoices_exceeded(self):
+        body = {
+            "error": {
+                "message": "Your account has been deactivated due to unpaid invoices."
+            }
+        }
+
+        assert verdict(429, body).outcome == Outcome.EXCEEDED
+
+    def test_per_minute_limit_mentioning_monthly_rate_limited(self):
+        body = openai_error(
+            "Rate limit reached on tokens per min (TPM): Limit 30000. "
+            "Please try again in 2s. Upgrade your monthly plan for more.",
+            code="rate_limit_exceeded",
+        )
+
+        assert cooldown(body=body) == timedelta(seconds=2)
+
+    def test_monthly_limit_hit_with_per_minute_mention_exceeded(self):
+        body = {
+            "error": {
+                "message": "You reached your monthly request limit. "
+                "Your per-minute limit is 60."
+            }
+        }
+
+        assert verdict(429, body).outcome == Outcome.EXCEEDED
+
+    def test_per_minute_quota_exceeded_rate_limited(self):
+        body = {
+            "error": {
+                "message": "Quota exceeded for quota metric 'Requests' and limit "
+                "'Requests per minute'."
+            }
+        }
+
+        assert cooldown(body=body) == DEFAULT_COOLDOWN
+
+
+class TestTextHints:
+    @pytest.mark.parametrize(
+        ("message", "wait"),
+        [
+            ("Please try again in an hour.", timedelta(hours=1)),
+            ("Please try again in a minute.", timedelta(minutes=1)),
+            ("Try again in 4h 12m.", timedelta(hours=4, minutes=12)),
+            ("Try again in 1 hour 30 minutes.", timedelta(hours=1, minutes=30)),
+            ("Try again in 2 hours and 5 minutes.", timedelta(hours=2, minutes=5)),
+            ("Please wait 30 seconds.", timedelta(seconds=30)),
+            ("Please wait for 45 seconds before retrying.", timedelta(seconds=45)),
+            ("Try again in 20 s.", timedelta(seconds=20)),
+            ("Retry after 90 sec.", timedelta(seconds=90)),
+        ],
+    )
+    def test_hint_followed(self, message, wait):
+        assert cooldown(body={"error": {"message": message}}) == wait
+
+    def test_hint_without_duration_ignored(self):
+        body = {"error": {"message": "Please wait a few minutes and try again."}}
+
+        assert cooldown(body=body) == DEFAULT_COOLDOWN
+
+
+class TestHugeHints:
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"retry-after": "1e20"},
+            {"retry-after": "1e400"},
+            {"retry-after-ms": "1e20"},
+            {"retry-after-ms": "1e400"},
+            {"retry-after-ms": "1e999999999999"},
+            pytest.param({"retry-after": "9" * 400}, id="400-digits"),
+            {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "99999999999d",
+            },
+        ],
+    )
+    def test_finite_hint_beyond_cap_exceeded(self, headers):
+        assert verdict(429, {}, headers).outcome == Outcome.EXCEEDED
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"retry-after": "inf"},
+            {"retry-after": "-inf"},
+            {"retry-after": "nan"},
+            {"retry-after-ms": "Infinity"},
+            {"retry-after-ms": "NaN"},
+            {"retry-after": "-5"},
+        ],
+    )
+    def test_non_finite_hint_counts_as_none(self, headers):
+        assert cooldown(headers=headers) == DEFAULT_COOLDOWN
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            "Try again in 99999999999d.",
+            "Try again in 99999999999 days.",
+            "Quota will be replenished in 99999999999.00:00:00.",
+            pytest.param(f"Try again in {'9' * 400}s.", id="400-digits"),
+        ],
+    )
+    def test_huge_text_hint_exceeded(self, message):
+        assert verdict(429, {"error": {"message": message}}).outcome == (
+            Outcome.EXCEEDED
+        )
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "99999999999d",
+            "99999999999 days",
+            pytest.param(f"{'9' * 400}h", id="400-digits"),
+            pytest.param(f"1{'0' * 1_000_000}s", id="million-digits"),
+            "99999999999.00:00:00",
+        ],
+    )
+    def test_parse_duration_capped(self, text):
+        assert parse_duration(text) == MAX_HINT
+
+
+class TestCoerceRetryAfter:
+    @pytest.mark.parametrize(
+        ("value", "wait"),
+        [
+            (5, timedelta(seconds=5)),
+            (0.25, timedelta(milliseconds=250)),
+            ("17", timedelta(seconds=17)),
+            (" 2.5 ", timedelta(seconds=2.5)),
+            (Decimal("3"), timedelta(seconds=3)),
+            (timedelta(minutes=2), timedelta(minutes=2)),
+        ],
+    )
+    def test_valid_value(self, value, wait):
+        assert coerce_retry_after(value) == wait
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            None,
+            0,
+            -1,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            "inf",
+            "nan",
+            "soon",
+            "",
+            True,
+            [5],
+            {"seconds": 5},
+            object(),
+            timedelta(0),
+            timedelta(seconds=-5),
+        ],
+    )
+    def test_no_hint(self, value):
+        assert coerce_retry_after(value) is None
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            1e20,
+            pytest.param(10**400, id="int-with-401-digits"),
+            "1e20",
+            timedelta.max,
+            Decimal("1e400"),
+        ],
+    )
+    def test_huge_value_capped(self, value):
+        assert coerce_retry_after(value) == MAX_HINT
+
+    def test_capped_value_beyond_cooldown_maximum(self):
+        assert MAX_HINT > MAX_COOLDOWN

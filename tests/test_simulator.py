@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from http import HTTPStatus
 
 import pytest
 import requests
@@ -210,3 +211,120 @@ def test_connection_kept_alive(simulator):
     assert socket_after_second is socket_after_first
     assert second.status == 200
     assert simulator.count("sk-sim-ok-s17") == 2
+
+
+def post_script(simulator, script) -> requests.Response:
+    return requests.post(simulator.url("_sim/script"), json=script, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("reply", "field"),
+    [
+        ({"status": "abc"}, "replies[0].status"),
+        ({"status": 99999}, "replies[0].status"),
+        ({"status": 99}, "replies[0].status"),
+        ({"status": 600}, "replies[0].status"),
+        ({"status": 200.5}, "replies[0].status"),
+        ({"status": True}, "replies[0].status"),
+        ({"status": None}, "replies[0].status"),
+        ({"status": 429, "headers": ["x"]}, "replies[0].headers"),
+        ({"status": 429, "headers": {"x-n": 5}}, "replies[0].headers"),
+        ({"status": 429, "headers": {"bad name": "1"}}, "replies[0].headers"),
+        ({"status": 429, "headers": {"x-a\n": "1"}}, "replies[0].headers"),
+        ({"status": 429, "headers": {"x-a": "1\r\nx-b: 2"}}, "replies[0].headers"),
+        ({"status": 429, "headers": {"x-a": "\u2603"}}, "replies[0].headers"),
+        ({"status": 429, "headers": {"Content-Length": "9"}}, "replies[0].headers"),
+        ({"status": 429, "delay": "slow"}, "replies[0].delay"),
+        ({"status": 429, "delay": -1}, "replies[0].delay"),
+    ],
+)
+def test_control_endpoint_invalid_reply_rejected(simulator, reply, field):
+    secret = "sk-sim-ok-s18"
+    script = {"secret": secret, "replies": [reply]}
+
+    response = post_script(simulator, script)
+    after = get(simulator, "openai", secret)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+    assert after.status_code == 200
+
+
+def test_control_endpoint_rejects_whole_script(simulator):
+    secret = "sk-sim-ok-s19"
+    script = {"secret": secret, "replies": [{"status": 402}, {"status": "abc"}]}
+
+    response = post_script(simulator, script)
+    after = get(simulator, "openai", secret)
+
+    assert response.status_code == 400
+    assert "replies[1].status" in response.json()["error"]
+    assert after.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("script", "field"),
+    [
+        ([], '"secret" and "replies"'),
+        ({"secret": "sk-sim-ok-s20", "replies": {"status": 200}}, "replies must"),
+        ({"secret": "sk-sim-ok-s20", "replies": [5]}, "replies[0]"),
+        ({"secret": 5, "replies": []}, "secret must"),
+    ],
+)
+def test_control_endpoint_malformed_script_rejected(simulator, script, field):
+    response = post_script(simulator, script)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+
+
+def test_control_endpoint_body_not_json_rejected(simulator):
+    response = requests.post(simulator.url("_sim/script"), data=b"{", timeout=5)
+
+    assert response.status_code == 400
+    assert "not JSON" in response.json()["error"]
+
+
+def test_control_endpoint_accepts_valid_reply(simulator):
+    script = {
+        "secret": "sk-sim-ok-s21",
+        "replies": [
+            {
+                "status": 429,
+                "headers": {"retry-after": "7", "x-label": "caf\u00e9"},
+                "body": "slow down",
+            }
+        ],
+    }
+
+    queued = post_script(simulator, script)
+    response = get(simulator, "openai", "sk-sim-ok-s21")
+
+    assert queued.status_code == 200
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.text == "slow down"
+
+
+@pytest.mark.parametrize(
+    ("reply", "field"),
+    [
+        (Reply("abc"), "status"),
+        (Reply(99999), "status"),
+        (Reply(429, headers={"x-n": 5}), "headers"),
+        (Reply(429, body={"n": float("nan")}), "body"),
+        (Reply(429, body={"n": object()}), "body"),
+        (Reply(429, delay=float("inf")), "delay"),
+    ],
+)
+def test_script_invalid_reply_raises(simulator, reply, field):
+    with pytest.raises(ValueError, match=rf"replies\[1\]\.{field}"):
+        simulator.script("sk-sim-ok-s22", Reply(402), reply)
+
+    assert get(simulator, "openai", "sk-sim-ok-s22").status_code == 200
+
+
+def test_script_accepts_http_status_enum(simulator):
+    simulator.script("sk-sim-ok-s23", Reply(HTTPStatus.TOO_MANY_REQUESTS))
+
+    assert get(simulator, "openai", "sk-sim-ok-s23").status_code == 429

@@ -1,5 +1,5 @@
-"""Real vendor error responses, replayed by the simulator, reach one of
-their expected outcomes through ``request()``."""
+"""Real vendor error responses and our own edge cases, replayed by the
+simulator, reach one of their expected outcomes through ``request()``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from pool import services
 from pool.models import ApiKey
 from pool.simulator import Reply
 
-CASES = json.loads((Path(__file__).parent / "data" / "vendor_errors.json").read_text())[
-    "cases"
+DATA = Path(__file__).parent / "data"
+CASES = [
+    *json.loads((DATA / "vendor_errors.json").read_text())["cases"],
+    *json.loads((DATA / "extra_errors.json").read_text())["cases"],
 ]
 # Headers that describe the recorded transfer, not the replayed one.
 TRANSFER_HEADERS = {
