@@ -159,6 +159,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# A stale CSRF token gets a 403 with a message to reload the page and a
+# header that pool.js recognises.
+CSRF_FAILURE_VIEW = "pool.views.csrf_failure"
+# Error reports hide sensitive POST fields (the API key) even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pool.views.SecretSafeExceptionReporterFilter"
+# A reorder posts one ``order`` field per key of the vendor; Django's default
+# of 1000 fields would reject the reorder of a vendor with 1000 keys.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 10000
+
 LOGIN_URL = "admin:login"
 LOGIN_REDIRECT_URL = "pool:index"
 

@@ -10,6 +10,7 @@ saved, and no secret is rendered back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from django.contrib import admin, messages
 from django.db import IntegrityError, transaction
@@ -17,6 +18,10 @@ from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.debug import (
+    sensitive_post_parameters,
+    sensitive_variables,
+)
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import (
     HttpResponseClientRedirect,
@@ -33,6 +38,17 @@ from pool.views import get_key, pool_permission, render_table
 logger = logging.getLogger(__name__)
 
 CLOSE_DIALOG_EVENT = "pool:close-dialog"
+
+# The dialogs' form fields that may carry a credential: extra headers too,
+# because a vendor may take a token in a header of its own. Error reports
+# (the technical 500 page, mailed reports) show these as stars.
+SENSITIVE_FIELDS = ("secret", "headers")
+
+
+def hide_secrets(view: Callable) -> Callable:
+    """Keep the posted secret, and every local variable of the view and of
+    the code it calls, out of error reports."""
+    return sensitive_post_parameters(*SENSITIVE_FIELDS)(sensitive_variables()(view))
 
 
 def render_dialog(
@@ -83,6 +99,7 @@ def invalid(
 
 @require_http_methods(["GET", "POST"])
 @pool_permission("view_apikey", "add_apikey")
+@hide_secrets
 def add_key(request: HttpRequest, vendor: str) -> HttpResponse:
     vendor_obj = get_object_or_404(Vendor, slug=vendor)
     key = ApiKey(vendor=vendor_obj)
@@ -114,6 +131,7 @@ def add_key(request: HttpRequest, vendor: str) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @pool_permission("view_apikey", "change_apikey")
+@hide_secrets
 def edit_key(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     vendor_obj, key = get_key(vendor, key_id)
     data = request.POST if request.method == "POST" else None
@@ -156,6 +174,7 @@ def save_or_report(form: Form) -> bool:
 
 @require_http_methods(["GET", "POST"])
 @pool_permission("view_apikey", "change_vendor", "change_apikey")
+@hide_secrets
 def vendor_settings(request: HttpRequest, vendor: str) -> HttpResponse:
     vendor_obj = get_object_or_404(Vendor, slug=vendor)
     # A vendor made elsewhere may have no key yet; the first one saved
@@ -204,6 +223,7 @@ def log_settings(
 
 @require_http_methods(["GET", "POST"])
 @pool_permission("view_apikey", "add_vendor", "add_apikey")
+@hide_secrets
 def add_vendor(request: HttpRequest) -> HttpResponse:
     data = request.POST if request.method == "POST" else None
     form = AddVendorForm(data)
@@ -220,7 +240,10 @@ def add_vendor(request: HttpRequest) -> HttpResponse:
     try:
         vendor, key = form.save()
     except IntegrityError:
-        form.add_error("slug", "A vendor with this slug exists. Pick another slug.")
+        # Another request took the slug or the name since the form checked.
+        form.add_error(
+            None, "A vendor with this slug or name exists. Pick another one."
+        )
         return invalid(request, context, form)
     audit.log_addition(request.user, vendor)
     audit.log_addition(request.user, key, "Added as the default key.")

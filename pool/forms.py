@@ -6,18 +6,27 @@ its value back, so a form shown again after an error is empty there.
 
 from __future__ import annotations
 
-import re
+import json
 from datetime import datetime
+from functools import partial
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from pool.models import ApiKey, Protocol, Vendor
+from pool.models import (
+    HEADER_NAME_PATTERN,
+    MAX_HEADERS,
+    ApiKey,
+    Protocol,
+    Vendor,
+    validate_header,
+    validate_http_url,
+    validate_secret,
+    validate_setting,
+)
 from pool.presets import PRESETS_BY_SLUG, VENDOR_PRESETS
-
-# RFC 9110 field-name characters ("token").
-HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 # The key settings that each protocol reads from ``ApiKey.config``, besides
 # ``headers``, which every protocol takes.
@@ -31,12 +40,17 @@ SETTING_FIELDS = ("api_version", "organization", "project")
 
 CUSTOM_PRESET = "custom"
 PLACEHOLDER_HOST = "YOUR-RESOURCE"
+AZURE_API_VERSION_MESSAGE = (
+    "Azure OpenAI needs an API version, for example 2024-10-21. Azure answers "
+    "404 to requests without one."
+)
 
 
 def parse_headers(text: str) -> dict[str, str]:
     """Parse one ``Name: value`` header per line into a dict.
 
-    Raises ``forms.ValidationError`` naming the first bad line.
+    Raises ``forms.ValidationError`` naming the first bad line or header,
+    never a header's value.
     """
     headers: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -49,12 +63,127 @@ def parse_headers(text: str) -> dict[str, str]:
                 f"Line {number} is not a header: write one “Name: value” per line.",
                 code="invalid_header",
             )
-        headers[name] = value.strip()
+        value = value.strip()
+        validate_header(name, value)
+        if name.lower() in {known.lower() for known in headers}:
+            raise forms.ValidationError(
+                f"The header {name} is listed twice. Keep one line for it.",
+                code="duplicate_header",
+            )
+        if len(headers) == MAX_HEADERS:
+            raise forms.ValidationError(
+                f"There are more than {MAX_HEADERS} extra headers. At most "
+                f"{MAX_HEADERS} are allowed.",
+                code="too_many_headers",
+            )
+        headers[name] = value
     return headers
 
 
 def format_headers(headers: dict[str, str]) -> str:
     return "\n".join(f"{name}: {value}" for name, value in headers.items())
+
+
+def secret_field(**kwargs) -> forms.CharField:
+    """Build a write-only API key field that rejects what HTTP cannot send."""
+    return forms.CharField(
+        label="API key",
+        strip=True,
+        validators=[validate_secret],
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        **kwargs,
+    )
+
+
+class HttpUrlField(forms.URLField):
+    """A URL field that takes only http and https, with the model's message.
+
+    It replaces the default validator, which also takes ftp, and the field's
+    "invalid" message, which would hide the model validator's own.
+    """
+
+    default_validators = [validate_http_url]
+    default_error_messages = {"invalid": validate_http_url.message}
+
+
+def url_field(label: str, help_text: str, **kwargs) -> forms.URLField:
+    return HttpUrlField(
+        label=label,
+        max_length=500,
+        assume_scheme="https",
+        help_text=help_text,
+        **kwargs,
+    )
+
+
+def setting_fields() -> dict[str, forms.Field]:
+    """Build the fields of the protocol settings and the extra headers."""
+    return {
+        "api_version": forms.CharField(
+            label="API version",
+            required=False,
+            validators=[partial(validate_setting, "api_version")],
+            help_text="Azure OpenAI only, e.g. 2024-10-21.",
+        ),
+        "organization": forms.CharField(
+            required=False,
+            validators=[partial(validate_setting, "organization")],
+            help_text="OpenAI only: the organization ID.",
+        ),
+        "project": forms.CharField(
+            required=False,
+            validators=[partial(validate_setting, "project")],
+            help_text="OpenAI only: the project ID.",
+        ),
+        "headers": forms.CharField(
+            label="Extra headers",
+            required=False,
+            widget=forms.Textarea(attrs={"rows": 3}),
+            help_text=(
+                f"Sent with every request: one “Name: value” per line, at most "
+                f"{MAX_HEADERS}. Authentication and connection headers are "
+                "set by the pool."
+            ),
+        ),
+    }
+
+
+def tag_setting_fields(fields: dict[str, forms.Field]) -> None:
+    """Tag each settings field with the protocols that read it, for the
+    script that shows only the fields of the protocol picked."""
+    for name in SETTING_FIELDS:
+        if name in fields:
+            readers = [p for p, names in PROTOCOL_SETTINGS.items() if name in names]
+            fields[name].widget.attrs["data-protocols"] = " ".join(readers)
+
+
+def settings_config(cleaned_data: dict, protocol: str) -> dict:
+    """Return the ``config`` entries of ``protocol``'s settings and the
+    extra headers in ``cleaned_data``."""
+    config = {}
+    for name in PROTOCOL_SETTINGS[protocol]:
+        if cleaned_data.get(name):
+            config[name] = cleaned_data[name]
+    if cleaned_data.get("headers"):
+        config["headers"] = cleaned_data["headers"]
+    return config
+
+
+def check_vendor_name(name: str, vendor: Vendor | None = None) -> None:
+    """Raise ``ValidationError`` if another vendor has ``name`` in any case.
+
+    The check runs the model's own constraint, so it compares exactly as
+    the database does.
+    """
+    candidate = Vendor(name=name)
+    if vendor is not None and vendor.pk is not None:
+        candidate.pk = vendor.pk
+        candidate._state.adding = False
+    try:
+        candidate.validate_constraints()
+    except ValidationError as error:
+        # The model reports the expression constraint for the whole form.
+        raise ValidationError(error.messages[0], code="unique") from None
 
 
 class DateTimeLocalInput(forms.DateTimeInput):
@@ -73,37 +202,10 @@ class KeyForm(forms.ModelForm):
     an empty secret keeps the stored one.
     """
 
-    api_url = forms.URLField(
-        label="API URL",
-        required=False,
-        max_length=500,
-        assume_scheme="https",
-        help_text="Leave empty to use the vendor's base URL.",
+    api_url = url_field(
+        "API URL", "Leave empty to use the vendor's base URL.", required=False
     )
-    secret = forms.CharField(
-        label="API key",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-    )
-    api_version = forms.CharField(
-        label="API version",
-        required=False,
-        max_length=50,
-        help_text="Azure OpenAI only, e.g. 2024-10-21.",
-    )
-    organization = forms.CharField(
-        required=False, max_length=100, help_text="OpenAI only: the organization ID."
-    )
-    project = forms.CharField(
-        required=False, max_length=100, help_text="OpenAI only: the project ID."
-    )
-    headers = forms.CharField(
-        label="Extra headers",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="Sent with every request: one “Name: value” per line.",
-    )
+    secret = secret_field(required=False)
 
     field_order = [
         "name",
@@ -122,6 +224,8 @@ class KeyForm(forms.ModelForm):
 
     def __init__(self, *args, vendor: Vendor, protocol: str | None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields.update(setting_fields())
+        self.order_fields(self.field_order)
         self.vendor = vendor
         self.protocol = protocol
         # Validation copies the cleaned values onto the instance, so keep the
@@ -150,9 +254,8 @@ class KeyForm(forms.ModelForm):
             if protocol is not None and name not in PROTOCOL_SETTINGS[protocol]:
                 del self.fields[name]
                 continue
-            readers = [p for p, names in PROTOCOL_SETTINGS.items() if name in names]
-            self.fields[name].widget.attrs["data-protocols"] = " ".join(readers)
             self.initial.setdefault(name, config.get(name, ""))
+        tag_setting_fields(self.fields)
         self.initial.setdefault("headers", format_headers(config.get("headers", {})))
 
     def clean_name(self) -> str:
@@ -186,6 +289,20 @@ class KeyForm(forms.ModelForm):
     def clean_headers(self) -> dict[str, str]:
         return parse_headers(self.cleaned_data["headers"])
 
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.protocol is not None:
+            self.require_api_version(self.protocol)
+        return data
+
+    def require_api_version(self, protocol: str) -> None:
+        """Add an error to ``api_version`` if ``protocol`` needs one and the
+        form has none."""
+        if protocol != Protocol.AZURE or "api_version" in self.errors:
+            return
+        if not self.cleaned_data.get("api_version"):
+            self.add_error("api_version", AZURE_API_VERSION_MESSAGE)
+
     def build_config(self, protocol: str) -> dict:
         """Return ``config`` with the settings that ``protocol`` reads."""
         config = {
@@ -193,11 +310,7 @@ class KeyForm(forms.ModelForm):
             for key, value in self.stored["config"].items()
             if key not in SETTING_FIELDS and key != "headers"
         }
-        for name in PROTOCOL_SETTINGS[protocol]:
-            if self.cleaned_data.get(name):
-                config[name] = self.cleaned_data[name]
-        if self.cleaned_data["headers"]:
-            config["headers"] = self.cleaned_data["headers"]
+        config.update(settings_config(self.cleaned_data, protocol))
         return config
 
     def apply(self, protocol: str) -> list[str]:
@@ -250,16 +363,16 @@ class DefaultKeyForm(KeyForm):
 
 
 class VendorForm(forms.ModelForm):
-    base_url = forms.URLField(
-        label="Base URL",
-        max_length=500,
-        assume_scheme="https",
-        help_text="API URL for keys that do not set their own.",
-    )
+    base_url = url_field("Base URL", "API URL for keys that do not set their own.")
 
     class Meta:
         model = Vendor
         fields = ["name", "base_url", "protocol"]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        check_vendor_name(name, self.instance)
+        return name
 
 
 class VendorSettingsForm:
@@ -278,6 +391,10 @@ class VendorSettingsForm:
         # Both forms run, so every error shows at once.
         vendor_ok = self.vendor_form.is_valid()
         key_ok = self.key_form.is_valid()
+        protocol = self.vendor_form.cleaned_data.get("protocol")
+        if key_ok and protocol:
+            self.key_form.require_api_version(protocol)
+            key_ok = not self.key_form.errors
         return vendor_ok and key_ok
 
     def save(self) -> tuple[list[str], list[str]]:
@@ -317,22 +434,37 @@ class AddVendorForm(forms.Form):
     protocol = forms.ChoiceField(
         choices=[("", "Preset's protocol"), *Protocol.choices], required=False
     )
-    base_url = forms.URLField(
-        label="Base URL",
-        required=False,
-        max_length=500,
-        assume_scheme="https",
-        help_text="Leave empty to use the preset's.",
+    base_url = url_field(
+        "Base URL", "Leave empty to use the preset's.", required=False
     )
-    secret = forms.CharField(
-        label="API key",
-        help_text="The first key; it becomes the vendor's default key.",
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    secret = secret_field(
+        help_text="The first key; it becomes the vendor's default key."
     )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields.update(setting_fields())
+        tag_setting_fields(self.fields)
+        # The script shows the settings of the preset's protocol while the
+        # protocol field is left on "Preset's protocol".
+        preset_protocols = {preset.slug: preset.protocol for preset in VENDOR_PRESETS}
+        self.fields["preset"].widget.attrs["data-preset-protocols"] = json.dumps(
+            preset_protocols
+        )
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if name:
+            check_vendor_name(name)
+        return name
+
+    def clean_headers(self) -> dict[str, str]:
+        return parse_headers(self.cleaned_data["headers"])
 
     def clean(self) -> dict:
         data = super().clean()
         preset = PRESETS_BY_SLUG.get(data.get("preset", ""))
+        name_typed = bool(data.get("name"))
         for field in ("name", "slug", "protocol", "base_url"):
             if data.get(field) or field in self.errors:
                 continue
@@ -340,6 +472,15 @@ class AddVendorForm(forms.Form):
                 self.add_error(field, "Enter this for a custom vendor.")
             else:
                 data[field] = getattr(preset, field)
+        if not name_typed and data.get("name") and "name" not in self.errors:
+            # clean_name() saw an empty name, so check the preset's here.
+            try:
+                check_vendor_name(data["name"])
+            except ValidationError as error:
+                self.add_error("name", error)
+        if data.get("protocol") == Protocol.AZURE and not data.get("api_version"):
+            if "api_version" not in self.errors:
+                self.add_error("api_version", AZURE_API_VERSION_MESSAGE)
         base_url = data.get("base_url") or ""
         if PLACEHOLDER_HOST in base_url:
             self.add_error(
@@ -367,5 +508,6 @@ class AddVendorForm(forms.Form):
                 vendor=vendor,
                 name=ApiKey.objects.suggest_name(vendor),
                 secret=data["secret"],
+                config=settings_config(data, data["protocol"]),
             )
         return vendor, key

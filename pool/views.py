@@ -12,20 +12,61 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.debug import SafeExceptionReporterFilter
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_POST
 
 from pool import audit, services
-from pool.models import ApiKey, StaleOrderError, Vendor
+from pool.models import (
+    ApiKey,
+    StaleOrderError,
+    Vendor,
+    validate_config,
+    validate_secret,
+)
 from pool.rows import build_rows
 
 logger = logging.getLogger(__name__)
 
 STALE_ORDER_MESSAGE = "The list changed while you were dragging; it has been reloaded."
+CSRF_FAILURE_MESSAGE = (
+    "Your session changed or the page is out of date. Reload the page and try again."
+)
+# pool.js shows the response text of a 403 that carries this header.
+ERROR_HEADER = "X-Keypool-Error"
+
+
+class SecretSafeExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Cleanse sensitive POST parameters and variables even with DEBUG on.
+
+    Django's own filter is active only with DEBUG off, so its technical 500
+    page would show a secret posted to a view that marks it sensitive.
+    """
+
+    def is_active(self, request: HttpRequest | None) -> bool:
+        return True
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Return 403 for a failed CSRF check, with a message to reload the page.
+
+    The usual cause is a page opened before the user signed in again in
+    another tab, which changed the CSRF token.
+    """
+    logger.warning(
+        "Rejected %s %s: CSRF check failed: %s", request.method, request.path, reason
+    )
+    response = HttpResponseForbidden(
+        CSRF_FAILURE_MESSAGE, content_type="text/plain; charset=utf-8"
+    )
+    response[ERROR_HEADER] = "csrf"
+    return response
 
 
 def pool_permission(*codenames: str) -> Callable:
@@ -63,6 +104,8 @@ def page_context(request: HttpRequest, vendor: Vendor | None) -> dict:
         and user.has_perm("pool.change_apikey"),
         "can_add_vendor": user.has_perm("pool.add_vendor")
         and user.has_perm("pool.add_apikey"),
+        # pool.js checks a dragged list against this before posting it.
+        "max_order_length": settings.DATA_UPLOAD_MAX_NUMBER_FIELDS,
     }
     if vendor is not None:
         keys = list(vendor.keys.order_by("order", "pk"))
@@ -166,9 +209,11 @@ def parse_ids(values: list[str]) -> list[int] | None:
 
 
 @require_POST
-@pool_permission("change_apikey")
+@pool_permission("view_apikey", "change_apikey")
 def reorder(request: HttpRequest, vendor: str) -> HttpResponse:
     vendor_obj = get_object_or_404(Vendor, slug=vendor)
+    # A list longer than DATA_UPLOAD_MAX_NUMBER_FIELDS fails in the CSRF
+    # middleware, before this view, so pool.js checks the length first.
     ids = parse_ids(request.POST.getlist("order"))
     if not ids:
         return action_failed(
@@ -201,7 +246,7 @@ def log_reorder(
 
 
 @require_POST
-@pool_permission("change_apikey")
+@pool_permission("view_apikey", "change_apikey")
 def move(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     vendor_obj, key = get_key(vendor, key_id)
     direction = request.POST.get("direction", "")
@@ -223,7 +268,7 @@ def move(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
 
 
 @require_POST
-@pool_permission("change_apikey")
+@pool_permission("view_apikey", "change_apikey")
 def enable(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     vendor_obj, key = get_key(vendor, key_id)
     try:
@@ -236,7 +281,7 @@ def enable(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
 
 
 @require_POST
-@pool_permission("change_apikey")
+@pool_permission("view_apikey", "change_apikey")
 def disable(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     vendor_obj, key = get_key(vendor, key_id)
     key.disable()
@@ -246,7 +291,7 @@ def disable(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
 
 
 @require_POST
-@pool_permission("delete_apikey")
+@pool_permission("view_apikey", "delete_apikey")
 def delete(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     vendor_obj, key = get_key(vendor, key_id)
     try:
@@ -270,13 +315,17 @@ TEST_OUTCOMES = {
 
 
 @require_POST
-@pool_permission("change_apikey")
+@pool_permission("view_apikey", "change_apikey")
+@sensitive_variables()
 def probe_key(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
     """Send one request with the key and show the result in its row.
 
     ``probe()`` marks the key from the vendor's response.
     """
     vendor_obj, key = get_key(vendor, key_id)
+    unsendable = check_sendable(key)
+    if unsendable:
+        return action_failed(request, vendor_obj, unsendable, status=409)
     attempt = services.probe(key)
     # Write the usage counts now, so the row shows this request.
     services.flush_usage()
@@ -291,3 +340,18 @@ def probe_key(request: HttpRequest, vendor: str, key_id: int) -> HttpResponse:
             request, vendor_obj, tested_key_id=key.pk, attempt=attempt, outcome=outcome
         )
     return redirect("pool:vendor", vendor=vendor_obj.slug)
+
+
+def check_sendable(key: ApiKey) -> str:
+    """Return why ``key`` cannot be sent in a request, or "" if it can.
+
+    Keys saved without the model validators (by code or before they
+    existed) may hold a secret or a header that the HTTP client rejects
+    with an exception whose message contains the value.
+    """
+    try:
+        validate_secret(key.secret)
+        validate_config(key.config)
+    except ValidationError as error:
+        return f"{key.name} was not tested: {error.messages[0]} Edit the key to fix it."
+    return ""

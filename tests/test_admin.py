@@ -382,3 +382,39 @@ class TestNoOrderChangeOnGet:
         response = admin_client.get(change_url(keys[1]))
 
         assert 'name="order"' not in response.text
+
+
+class TestModelValidatorsInAdmin:
+    def test_add_key_rejects_unsendable_input(self, admin_client, vendor):
+        data = {
+            "vendor": vendor.pk,
+            "name": "key1",
+            "secret": "sk-test-fake-zero\u200bwidth",
+            "api_url": "ftp://127.0.0.1/v1",
+            "config": '{"headers": {"Host": "127.0.0.1"}}',
+            "expires_at_0": "",
+            "expires_at_1": "",
+        }
+
+        response = admin_client.post(reverse("admin:pool_apikey_add"), data)
+
+        assert response.status_code == 200
+        assert "only printable ASCII characters without spaces" in response.text
+        assert "It must start with http:// or https://." in response.text
+        assert "The header Host cannot be set here" in response.text
+        assert "sk-test-fake-zero" not in response.text
+        assert not ApiKey.objects.exists()
+
+    def test_add_vendor_rejects_name_in_other_case(self, admin_client, vendor):
+        data = {
+            "slug": "openai-2",
+            "name": "OPENAI",
+            "protocol": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+        }
+
+        response = admin_client.post(reverse("admin:pool_vendor_add"), data)
+
+        assert response.status_code == 200
+        assert "A vendor with this name already exists." in response.text
+        assert Vendor.objects.count() == 1
