@@ -9,11 +9,14 @@ concurrent mark by the failover service never overwrite each other.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models, transaction
 from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models.functions import Coalesce, Greatest, Lower
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
@@ -28,6 +31,171 @@ from pool.redaction import mask, redact
 
 STATUS_REASON_MAX_LENGTH = 500
 KEY_NAME_PATTERN = re.compile(r"^key(\d+)$")
+# The columns that a plain ``save()`` of an existing key writes.
+EDITABLE_FIELDS = ("vendor", "name", "secret", "api_url", "config", "expires_at")
+
+# A secret travels in an HTTP header, which takes printable ASCII only. A
+# space or an invisible character in a secret usually comes from copy and
+# paste.
+SECRET_MAX_LENGTH = 1024
+SECRET_PATTERN = re.compile(r"^[\x21-\x7e]+$")
+SECRET_CHARACTERS_MESSAGE = (
+    "The API key may contain only printable ASCII characters without spaces; "
+    "check for a space or invisible character left by copy and paste."
+)
+
+# Vendor URLs are called with ``requests``, which speaks only HTTP(S).
+# Its own code keeps a ModelForm from replacing the message with the form
+# field's generic "invalid" one.
+validate_http_url = URLValidator(
+    schemes=["http", "https"],
+    message="Enter a valid URL. It must start with http:// or https://.",
+    code="invalid_http_url",
+)
+
+# Extra headers that a key may send. The protocol's own authentication
+# headers come from the secret, and the framing and hop-by-hop headers
+# belong to the HTTP client, so a key may not set any of them.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+    }
+)
+HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+HEADER_VALUE_PATTERN = re.compile(r"^[\x20-\x7e]*$")
+HEADER_NAME_MAX_LENGTH = 100
+HEADER_VALUE_MAX_LENGTH = 8192
+MAX_HEADERS = 50
+
+# Settings that the protocols send as a header or a query parameter.
+SETTING_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+SETTING_MAX_LENGTHS = {"api_version": 50, "organization": 100, "project": 100}
+SETTING_LABELS = {
+    "api_version": "API version",
+    "organization": "organization",
+    "project": "project",
+}
+
+
+def validate_secret(secret: str) -> None:
+    """Reject a secret that cannot be sent in an HTTP header.
+
+    The message never contains the secret or any part of it.
+    """
+    if len(secret) > SECRET_MAX_LENGTH:
+        raise ValidationError(
+            f"The API key is longer than {SECRET_MAX_LENGTH} characters. Check "
+            "that only the key was pasted.",
+            code="secret_too_long",
+        )
+    if not SECRET_PATTERN.match(secret):
+        raise ValidationError(SECRET_CHARACTERS_MESSAGE, code="secret_characters")
+
+
+def validate_headers(headers: object) -> None:
+    """Reject extra headers that cannot or must not be sent.
+
+    ``headers`` maps names to values. Messages name the header, never its
+    value, which may be a credential.
+    """
+    if not isinstance(headers, dict):
+        raise ValidationError(
+            "The extra headers must be an object of names and values.",
+            code="invalid_headers",
+        )
+    if len(headers) > MAX_HEADERS:
+        raise ValidationError(
+            f"There are {len(headers)} extra headers. At most {MAX_HEADERS} are "
+            "allowed.",
+            code="too_many_headers",
+        )
+    seen: set[str] = set()
+    for name, value in headers.items():
+        validate_header(name, value)
+        if name.lower() in seen:
+            raise ValidationError(
+                f"The header {name} is listed twice. Keep one line for it.",
+                code="duplicate_header",
+            )
+        seen.add(name.lower())
+
+
+def validate_header(name: object, value: object) -> None:
+    """Reject one extra header; see ``validate_headers``."""
+    if (
+        not isinstance(name, str)
+        or len(name) > HEADER_NAME_MAX_LENGTH
+        or not HEADER_NAME_PATTERN.match(name)
+    ):
+        raise ValidationError(
+            f"A header name is invalid. Use at most {HEADER_NAME_MAX_LENGTH} "
+            "letters, digits and -, for example X-Team.",
+            code="invalid_header_name",
+        )
+    if name.lower() in RESERVED_HEADERS:
+        raise ValidationError(
+            f"The header {name} cannot be set here because the pool sets it "
+            "itself. Remove that line.",
+            code="reserved_header",
+        )
+    if not isinstance(value, str) or not HEADER_VALUE_PATTERN.match(value):
+        raise ValidationError(
+            f"The value of the header {name} may contain only printable ASCII "
+            "characters and spaces.",
+            code="invalid_header_value",
+        )
+    if len(value) > HEADER_VALUE_MAX_LENGTH:
+        raise ValidationError(
+            f"The value of the header {name} is longer than "
+            f"{HEADER_VALUE_MAX_LENGTH} characters.",
+            code="header_value_too_long",
+        )
+
+
+def validate_setting(name: str, value: str) -> None:
+    """Reject an API version, organization or project that is too long or
+    contains characters other than letters, digits, ``.``, ``_`` and ``-``."""
+    label = SETTING_LABELS[name]
+    max_length = SETTING_MAX_LENGTHS[name]
+    if len(value) > max_length or not SETTING_PATTERN.match(value):
+        raise ValidationError(
+            f"The {label} may contain only letters, digits, “.”, “_” and “-”, "
+            f"at most {max_length} characters.",
+            code=f"invalid_{name}",
+        )
+
+
+def validate_config(config: object) -> None:
+    """Reject ``ApiKey.config`` values that the protocols cannot send."""
+    if not isinstance(config, dict):
+        raise ValidationError(
+            "The settings must be a JSON object.", code="invalid_config"
+        )
+    for name in SETTING_MAX_LENGTHS:
+        value = config.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise ValidationError(
+                f"The {SETTING_LABELS[name]} must be a string.",
+                code=f"invalid_{name}",
+            )
+        validate_setting(name, value)
+    if "headers" in config:
+        validate_headers(config["headers"])
 
 
 class Protocol(models.TextChoices):
@@ -73,6 +241,7 @@ class Vendor(models.Model):
     base_url = models.URLField(
         "base URL",
         max_length=500,
+        validators=[validate_http_url],
         help_text="Default API URL for keys that do not set their own.",
     )
 
@@ -80,6 +249,15 @@ class Vendor(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                Lower("name"),
+                name="pool_vendor_unique_name_ci",
+                violation_error_message=(
+                    "A vendor with this name already exists. Pick another name."
+                ),
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -107,6 +285,19 @@ def usable_key_filter(*, prefix: str = "", now: datetime | None = None) -> Q:
         Q(**{f"{prefix}cooldown_until__isnull": True})
         | Q(**{f"{prefix}cooldown_until__lte": now})
     )
+
+
+def lock_vendors(vendor_ids: Iterable[int], *, using: str | None = None) -> None:
+    """Lock the vendors' rows until the transaction ends, lowest id first.
+
+    Every change of a vendor's priorities or default key takes this lock
+    before it reads the keys, so creates, deletes and moves of one vendor's
+    keys run one at a time and leave the priorities 0..n-1. On SQLite the
+    transaction's write lock does the same (``transaction_mode`` IMMEDIATE).
+    """
+    vendors = Vendor.objects.using(using).select_for_update()
+    ids = vendors.filter(pk__in=set(vendor_ids)).order_by("pk")
+    list(ids.values_list("pk", flat=True))
 
 
 class DefaultKeyDeletionError(ValidationError):
@@ -149,6 +340,7 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
         """
         with transaction.atomic(using=self.db):
             vendor_ids = set(self.values_list("vendor_id", flat=True))
+            lock_vendors(vendor_ids, using=self.db)
             result = super().delete()
             for vendor_id in vendor_ids:
                 self.model.objects.renumber(vendor_id)
@@ -165,6 +357,7 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
         nothing, unless ``ids`` is exactly the vendor's current set of keys.
         """
         with transaction.atomic():
+            lock_vendors([vendor.pk])
             keys = self.model.objects.filter(vendor=vendor)
             current = set(keys.select_for_update().values_list("pk", flat=True))
             if len(ids) != len(set(ids)) or set(ids) != current:
@@ -180,6 +373,7 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
         reorder or move cannot interleave with the renumbering.
         """
         with transaction.atomic(using=self.db):
+            lock_vendors([vendor.pk if isinstance(vendor, Vendor) else vendor])
             keys = self.model.objects.filter(vendor=vendor)
             ids = list(
                 keys.select_for_update()
@@ -187,6 +381,29 @@ class ApiKeyQuerySet(OrderedModelQuerySet):
                 .values_list("pk", flat=True)
             )
             keys.write_order(ids)
+
+    def bulk_create(self, objs: Iterable[ApiKey], *args, **kwargs) -> list[ApiKey]:
+        """Create the keys, each at the bottom of its vendor's list.
+
+        The first key of a vendor that has no default key becomes its
+        default key, as with ``save()``.
+        """
+        objs = list(objs)
+        with transaction.atomic(using=self.db):
+            vendor_ids = {obj.vendor_id for obj in objs}
+            lock_vendors(vendor_ids, using=self.db)
+            defaults = self.model.objects.filter(
+                vendor_id__in=vendor_ids, is_default=True
+            )
+            with_default = set(defaults.values_list("vendor_id", flat=True))
+            with_default.update(obj.vendor_id for obj in objs if obj.is_default)
+            for obj in objs:
+                if obj.vendor_id not in with_default:
+                    obj.is_default = True
+                    with_default.add(obj.vendor_id)
+            return super().bulk_create(objs, *args, **kwargs)
+
+    bulk_create.alters_data = True
 
     def write_order(self, ids: list[int]) -> int:
         """Give the keys ``ids`` the priorities 0..n-1 in list order.
@@ -237,16 +454,20 @@ class ApiKey(OrderedModel):
         Vendor, on_delete=models.CASCADE, related_name="keys"
     )
     name = models.CharField(max_length=100)
-    secret = EncryptedTextField(help_text="The credential. Stored encrypted.")
+    secret = EncryptedTextField(
+        validators=[validate_secret], help_text="The credential. Stored encrypted."
+    )
     api_url = models.URLField(
         "API URL",
         max_length=500,
         blank=True,
+        validators=[validate_http_url],
         help_text="Leave blank to use the vendor's base URL.",
     )
     config = models.JSONField(
         default=dict,
         blank=True,
+        validators=[validate_config],
         help_text='Extra settings, e.g. {"headers": {...}, "api_version": "..."}.',
     )
     expires_at = models.DateTimeField(
@@ -343,18 +564,26 @@ class ApiKey(OrderedModel):
         and the first key of a vendor becomes its default key.
 
         A new key created with ``is_default=True`` takes the default from the
-        vendor's old default key. To change an existing key, pass
-        ``update_fields`` with the fields the edit changed: a full save
-        writes every column from memory and so overwrites a status, a usage
-        count or a priority that was written since the key was loaded.
+        vendor's old default key. Saving an existing key without
+        ``update_fields`` writes only ``EDITABLE_FIELDS``: the status, usage,
+        ``is_enabled``, ``is_default`` and ``order`` columns change only
+        through their methods or an explicit ``update_fields``, so a stale
+        instance never overwrites what the failover service wrote.
+
+        Raises ``ValidationError`` when an existing key would move to
+        another vendor.
         """
         if not self._state.adding:
+            if kwargs.get("update_fields") is None:
+                kwargs["update_fields"] = EDITABLE_FIELDS
+            if {"vendor", "vendor_id"} & set(kwargs["update_fields"]):
+                self._reject_vendor_change()
             super().save(*args, **kwargs)
             return
         with transaction.atomic():
-            # Lock the vendor so that two keys added at once cannot both take
-            # the next priority or both become the default key.
-            Vendor.objects.select_for_update().filter(pk=self.vendor_id).exists()
+            # Two keys added at once must not both take the next priority or
+            # both become the default key.
+            lock_vendors([self.vendor_id])
             siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
             if self.is_default:
                 # Unset first: the partial unique constraint allows one default.
@@ -363,6 +592,17 @@ class ApiKey(OrderedModel):
                 self.is_default = not siblings.exists()
             super().save(*args, **kwargs)
 
+    def _reject_vendor_change(self) -> None:
+        # OrderedModel records the vendor the instance was loaded with.
+        if self._wrt_map() != self._original_wrt_map:
+            raise ValidationError(
+                f"Key {self.name!r} cannot move to another vendor, because its "
+                "vendor would lose its place in the priority order or its "
+                "default key. Add a new key to the other vendor and delete "
+                "this one.",
+                code="vendor_change",
+            )
+
     def delete(self, *args, **kwargs) -> tuple[int, dict[str, int]]:
         """Delete the key and move the keys below it up one place.
 
@@ -370,6 +610,7 @@ class ApiKey(OrderedModel):
         deletes nothing.
         """
         with transaction.atomic(using=kwargs.get("using")):
+            lock_vendors([self.vendor_id], using=kwargs.get("using"))
             # Skip OrderedModel.delete(): it shifts the keys below by the
             # in-memory ``order``, which is stale after a concurrent reorder.
             result = models.Model.delete(self, *args, **kwargs)
@@ -379,7 +620,7 @@ class ApiKey(OrderedModel):
     def set_default(self) -> None:
         """Make this key the vendor's default key in place of the old one."""
         with transaction.atomic():
-            Vendor.objects.select_for_update().filter(pk=self.vendor_id).exists()
+            lock_vendors([self.vendor_id])
             # Unset first: the partial unique constraint allows one default.
             ApiKey.objects.filter(vendor_id=self.vendor_id, is_default=True).exclude(
                 pk=self.pk
@@ -393,6 +634,7 @@ class ApiKey(OrderedModel):
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {direction!r}.")
         with transaction.atomic():
+            lock_vendors([self.vendor_id])
             siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
             siblings = siblings.select_for_update()
             ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
@@ -420,6 +662,7 @@ class ApiKey(OrderedModel):
         if not isinstance(order, int):
             raise TypeError(f"order must be an int, not {type(order).__name__}.")
         with transaction.atomic():
+            lock_vendors([self.vendor_id])
             siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
             siblings = siblings.select_for_update()
             ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
@@ -436,6 +679,7 @@ class ApiKey(OrderedModel):
         """
         self._validate_ordering_reference(replacement)
         with transaction.atomic():
+            lock_vendors([self.vendor_id])
             siblings = ApiKey.objects.filter(vendor_id=self.vendor_id)
             siblings = siblings.select_for_update()
             ids = list(siblings.order_by("order", "pk").values_list("pk", flat=True))
@@ -497,9 +741,10 @@ class ApiKey(OrderedModel):
 
         One conditional UPDATE of the status fields. It is skipped, and
         False returned, if the status changed after ``observed_at`` (the
-        time the request started): a key that someone re-enabled while the
-        request was in flight stays enabled. ``reason`` is stored with
-        secrets redacted.
+        time the request started) and the key carries no automatic mark
+        (exceeded, invalid or a cooldown): a key that someone re-enabled
+        while the request was in flight stays enabled. A cooldown never
+        moves to an earlier end. ``reason`` is stored with secrets redacted.
         """
         reason = redact(reason, [self.secret])
         changes: dict[str, object] = {
@@ -513,7 +758,12 @@ class ApiKey(OrderedModel):
         elif status == self.Status.RATE_LIMITED:
             if cooldown_until is None:
                 raise ValueError("RATE_LIMITED needs cooldown_until.")
-            changes["cooldown_until"] = cooldown_until
+            # A mark from an older request must not cut a later, longer
+            # cooldown short.
+            changes["cooldown_until"] = Greatest(
+                Coalesce(F("cooldown_until"), Value(cooldown_until)),
+                Value(cooldown_until),
+            )
         else:
             raise ValueError(
                 f"mark() takes EXCEEDED, INVALID or RATE_LIMITED, not {status}."
@@ -521,12 +771,17 @@ class ApiKey(OrderedModel):
         not_changed_since = Q(status_changed_at__isnull=True) | Q(
             status_changed_at__lte=observed_at
         )
-        updated = ApiKey.objects.filter(not_changed_since, pk=self.pk).update(
-            **changes
+        # enable() clears every automatic mark, so a key that still carries
+        # one was not re-enabled, whatever changed it since (for example a
+        # cooldown set by a concurrent request).
+        carries_mark = (
+            Q(is_exceeded=True) | Q(is_invalid=True) | Q(cooldown_until__isnull=False)
         )
+        updated = ApiKey.objects.filter(
+            not_changed_since | carries_mark, pk=self.pk
+        ).update(**changes)
         if updated:
-            for name, value in changes.items():
-                setattr(self, name, value)
+            self.refresh_from_db(fields=list(changes))
         return bool(updated)
 
     def record_usage(

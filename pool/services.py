@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from django.utils import timezone
+from requests.exceptions import InvalidHeader
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity
 
 from pool.classify import Outcome, Verdict, cooldown, short
+from pool.hints import coerce_retry_after
 from pool.models import ApiKey, Vendor
 from pool.protocols import PROBE_PATHS, build_request, classify_response, join_url
-from pool.redaction import redact
+from pool.redaction import ELLIPSIS, REDACTED, redact
 from pool.usage import buffer as usage_buffer
 from pool.usage import flush_usage
 
@@ -46,6 +52,19 @@ logger = logging.getLogger(__name__)
 # Seconds to connect and to wait for the first byte of the response. A
 # caller's own ``timeout`` replaces it.
 DEFAULT_TIMEOUT = (5.0, 120.0)
+
+# An error body is read only this far for classification, because the
+# vendor's message comes first and a 429 body can be hundreds of megabytes.
+ERROR_BODY_MAX_BYTES = 1024 * 1024
+BODY_CHUNK_BYTES = 64 * 1024
+
+# The headers that carry a secret in any protocol.
+AUTH_HEADERS = ("Authorization", "x-api-key", "api-key", "x-goog-api-key")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+UNSENDABLE_SECRET_MESSAGE = (
+    "The secret contains characters that cannot be sent in an HTTP header."
+)
 
 T = TypeVar("T")
 
@@ -84,7 +103,9 @@ class KeyInvalid(KeyProblem):
 
 class RateLimited(KeyProblem):
     """The key is rate limited. It cools down for ``retry_after`` seconds,
-    or for 60 s when that is None or not positive."""
+    or for 60 s when that is not a finite positive number (a number or a
+    numeric string). A wait longer than the longest cooldown marks the key
+    EXCEEDED instead."""
 
     def __init__(self, message: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -130,7 +151,11 @@ def request(
     that served) and ``pool_attempts``. A request error (e.g. 400 for a too
     long context) is returned like a success, without failover. Redirects
     are returned, not followed, unless the caller passes
-    ``allow_redirects=True``.
+    ``allow_redirects=True``. A redirect to another scheme, host or port
+    then loses the key's headers. At most 1 MiB of a body that causes a
+    failover is read. The body of the response returned is loaded unless
+    the caller passes ``stream=True``, and the body of a returned request
+    error is always loaded.
 
     Raises ``ValueError`` for an absolute URL, ``Vendor.DoesNotExist`` for
     an unknown slug and ``NoUsableKey`` when no key could serve.
@@ -140,28 +165,16 @@ def request(
     """
     join_url("http://127.0.0.1", path)
     kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
-    # requests drops only Authorization on a redirect to another host, so
-    # x-api-key, api-key and x-goog-api-key would follow it.
     kwargs.setdefault("allow_redirects", False)
+    stream = bool(kwargs.pop("stream", False))
     headers = kwargs.pop("headers", None)
     params = kwargs.pop("params", None)
     attempts: list[Attempt] = []
     for key in usable_keys(vendor):
-        prepared = build_request(key, path, headers=headers, params=params)
         started = timezone.now()
-        try:
-            response = session().request(
-                method,
-                prepared.url,
-                headers=prepared.headers,
-                params=prepared.params,
-                **kwargs,
-            )
-        except requests.RequestException as error:
-            response = None
-            verdict = Verdict(Outcome.TRANSIENT, describe_exception(error, key))
-        else:
-            verdict = classify_response(response, now=timezone.now())
+        response, verdict = send_with_key(
+            key, method, path, headers=headers, params=params, stream=stream, **kwargs
+        )
         status_code = response.status_code if response is not None else None
         attempts.append(attempt_for(key, verdict, status_code))
         if verdict.outcome in (Outcome.SUCCESS, Outcome.REQUEST_ERROR):
@@ -206,22 +219,16 @@ def probe(key: ApiKey) -> Attempt:
     Never raises for a vendor error or a network error, because those are
     reported in the returned ``Attempt``.
     """
-    prepared = build_request(key, PROBE_PATHS[key.vendor.protocol])
     started = timezone.now()
-    try:
-        response = session().get(
-            prepared.url,
-            headers=prepared.headers,
-            params=prepared.params,
-            timeout=DEFAULT_TIMEOUT,
-            allow_redirects=False,
-        )
-    except requests.RequestException as error:
-        verdict = Verdict(Outcome.TRANSIENT, describe_exception(error, key))
-        status_code = None
-    else:
-        verdict = classify_response(response, now=timezone.now())
-        status_code = response.status_code
+    response, verdict = send_with_key(
+        key,
+        "GET",
+        PROBE_PATHS[key.vendor.protocol],
+        timeout=DEFAULT_TIMEOUT,
+        allow_redirects=False,
+    )
+    status_code = response.status_code if response is not None else None
+    if response is not None:
         response.close()
     attempt = attempt_for(key, verdict, status_code)
     logger.info(
@@ -242,12 +249,180 @@ def probe(key: ApiKey) -> Attempt:
 _local = threading.local()
 
 
-def session() -> requests.Session:
+class PoolSession(requests.Session):
+    """A session that keeps connections alive but stores no cookies, and
+    drops the key's headers on a redirect to another origin.
+
+    requests itself drops only ``Authorization`` on such a redirect, so
+    ``x-api-key``, ``api-key``, ``x-goog-api-key`` and the key's extra
+    headers would follow it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A cookie that one key's response sets would otherwise be sent
+        # with every later request of this thread, whatever the key.
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.key_headers: frozenset[str] = frozenset()
+
+    def request(  # type: ignore[override]
+        self, method: str, url: str, *, key_headers: Iterable[str] = (), **kwargs: Any
+    ) -> requests.Response:
+        """Send a request like ``requests.Session.request``. ``key_headers``
+        names the headers to drop on a redirect to another origin."""
+        self.key_headers = frozenset(key_headers)
+        try:
+            return super().request(method, url, **kwargs)
+        finally:
+            self.key_headers = frozenset()
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        """Let requests rebuild its own authentication, then drop the key's
+        headers when the redirect changes the scheme, host or port."""
+        super().rebuild_auth(prepared_request, response)
+        if origin(response.request.url) != origin(prepared_request.url):
+            for name in self.key_headers:
+                prepared_request.headers.pop(name, None)
+
+
+def origin(url: str | None) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url or "")
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        # An invalid port in a Location header matches no real origin.
+        port = -1
+    return scheme, parts.hostname, port
+
+
+def session() -> PoolSession:
     """Return this thread's session, which keeps connections alive between
     calls. It stores no key state, because headers are set per request."""
     if not hasattr(_local, "session"):
-        _local.session = requests.Session()
+        _local.session = PoolSession()
     return _local.session
+
+
+def send_with_key(
+    key: ApiKey,
+    method: str,
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    stream: bool = False,
+    **kwargs: Any,
+) -> tuple[requests.Response | None, Verdict]:
+    """Send one request with ``key`` and return the response (None when
+    none arrived) and its verdict, with the key's secret redacted.
+
+    A network error, or an error while the body is read, is transient. A
+    secret that cannot be sent in a header makes the key invalid.
+    """
+    prepared = build_request(key, path, headers=headers, params=params)
+    try:
+        response = session().request(
+            method,
+            prepared.url,
+            headers=prepared.headers,
+            params=prepared.params,
+            stream=True,
+            key_headers=added_headers(prepared.headers, headers),
+            **kwargs,
+        )
+    except (UnicodeEncodeError, InvalidHeader) as error:
+        if secret_fits_header(key.secret):
+            if isinstance(error, UnicodeEncodeError):
+                # The caller's own headers or body are not Latin-1.
+                raise
+            return None, Verdict(Outcome.TRANSIENT, describe_exception(error))
+        return None, Verdict(Outcome.INVALID, UNSENDABLE_SECRET_MESSAGE)
+    except requests.RequestException as error:
+        return None, Verdict(Outcome.TRANSIENT, describe_exception(error))
+    try:
+        verdict = read_response(response, stream=stream)
+    except requests.RequestException as error:
+        verdict = Verdict(
+            Outcome.TRANSIENT,
+            f"Reading the vendor's response failed ({type(error).__name__}).",
+        )
+    return response, redacted(verdict, key)
+
+
+def read_response(response: requests.Response, *, stream: bool) -> Verdict:
+    """Classify ``response``, reading at most ``ERROR_BODY_MAX_BYTES`` of an
+    error body unless the error is returned to the caller.
+
+    A success body is loaded unless the caller streams, as requests does.
+    Raises the ``requests`` errors of reading the body.
+    """
+    now = timezone.now()
+    if response.status_code < 400:
+        if not stream:
+            response.content  # noqa: B018 (loads the body)
+        return classify_response(response, now=now)
+    chunks = response.iter_content(BODY_CHUNK_BYTES)
+    body = read_up_to(chunks, ERROR_BODY_MAX_BYTES)
+    # requests keeps a loaded body in ``_content``; setting it lets
+    # classify_response() and the caller read the part already consumed.
+    # ``_content_consumed`` stays as the stream left it, so that close()
+    # drops a connection whose body was not read to the end.
+    response._content = body
+    verdict = classify_response(response, now=now)
+    if verdict.outcome == Outcome.REQUEST_ERROR:
+        response._content = body + b"".join(chunks)
+    return verdict
+
+
+def read_up_to(chunks: Iterator[bytes], limit: int) -> bytes:
+    """Read chunks until at least ``limit`` bytes or the end of the body."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
+
+
+def added_headers(
+    sent: CaseInsensitiveDict, caller_headers: Mapping[str, str] | None
+) -> list[str]:
+    """Return the names of the headers that the pool added or replaced:
+    the protocol's authentication and the key's extra headers."""
+    caller = CaseInsensitiveDict(caller_headers or {})
+    added = [name for name, value in sent.items() if caller.get(name) != value]
+    return added + [name for name in AUTH_HEADERS if name in sent]
+
+
+def secret_fits_header(secret: str) -> bool:
+    """Return whether requests and ``http.client`` accept ``secret`` as a
+    header value: Latin-1, no line break, no leading whitespace."""
+    try:
+        secret.encode("latin-1")
+        check_header_validity(("x-api-key", secret))
+    except (UnicodeEncodeError, InvalidHeader):
+        return False
+    return True
+
+
+def redacted(verdict: Verdict, key: ApiKey) -> Verdict:
+    """Return ``verdict`` with the key's secret redacted from its message,
+    once, so that logs, attempts and the stored reason all get that text."""
+    message = redact(verdict.message, [key.secret])
+    # The message was cut to length before this, so it may end in the first
+    # characters of the secret.
+    if message.endswith(ELLIPSIS):
+        text = message.removesuffix(ELLIPSIS)
+        for length in range(min(len(key.secret), len(text)), 3, -1):
+            if text.endswith(key.secret[:length]):
+                message = text[:-length] + REDACTED + ELLIPSIS
+                break
+    return replace(verdict, message=message)
 
 
 def usable_keys(vendor: Vendor | str) -> list[ApiKey]:
@@ -335,7 +510,7 @@ def verdict_for_problem(problem: KeyProblem, key: ApiKey) -> Verdict:
     if isinstance(problem, KeyInvalid):
         return Verdict(Outcome.INVALID, message)
     if isinstance(problem, RateLimited):
-        hint = timedelta(seconds=problem.retry_after) if problem.retry_after else None
+        hint = coerce_retry_after(problem.retry_after)
         return cooldown(message, timezone.now(), hint)
     return Verdict(Outcome.TRANSIENT, message)
 
@@ -345,17 +520,21 @@ def attempt_for(key: ApiKey, verdict: Verdict, status_code: int | None) -> Attem
         key_name=key.name,
         outcome=str(verdict.outcome),
         status_code=status_code,
-        message=redact(verdict.message, [key.secret]),
+        message=verdict.message,
     )
 
 
-def describe_exception(error: requests.RequestException, key: ApiKey) -> str:
-    """Name the network error without its text, which may repeat the URL."""
+def describe_exception(error: requests.RequestException) -> str:
+    """Name the network error with a fixed explanation. Its own text is
+    never used, because it may repeat the URL or a header value, and a
+    header value may be the secret."""
     if isinstance(error, requests.Timeout):
         return "Timed out waiting for the vendor."
     if isinstance(error, requests.ConnectionError):
         return "Could not connect to the vendor."
-    return short(redact(f"{type(error).__name__}: {error}", [key.secret]))
+    if isinstance(error, InvalidHeader):
+        return "InvalidHeader: a header of the request cannot be sent in HTTP."
+    return f"{type(error).__name__}: the request to the vendor failed."
 
 
 def raise_no_usable_key(vendor: Vendor | str, attempts: list[Attempt]) -> NoReturn:

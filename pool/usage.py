@@ -4,8 +4,13 @@ A write per call would make every request wait for the database, and on
 SQLite every writer waits for the one write lock, so concurrent callers
 would run one at a time. Instead each process adds up its counts, and a
 timer thread writes them with one ``F()`` increment per key
-``KEYPOOL_USAGE_FLUSH_SECONDS`` (default 5) after the first count that is
-not yet written. The rest is written once more at exit.
+``KEYPOOL_USAGE_FLUSH_SECONDS`` (default 1) after the first count that is
+not yet written, or at once when ``KEYPOOL_USAGE_FLUSH_CALLS`` (default
+100) calls are waiting. The rest is written once more at normal exit.
+
+NOTE: a process ended by a signal that Python does not handle (SIGTERM by
+default, SIGKILL always) skips the exit handler and loses the counts not
+yet written: at most one interval or one batch of calls.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pool.models import ApiKey
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FLUSH_SECONDS = 5.0
+DEFAULT_FLUSH_SECONDS = 1.0
+DEFAULT_FLUSH_CALLS = 100
 
 
 @dataclass
@@ -40,11 +46,14 @@ class UsageBuffer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[int, PendingUsage] = {}
+        self._calls = 0
         self._timer: threading.Timer | None = None
+        self._timer_delay = 0.0
 
     def add(self, key_id: int, *, success: bool, used_at: datetime) -> None:
-        """Count one call of the key, and schedule a write unless one is
-        already scheduled. Never touches the database itself."""
+        """Count one call of the key, and schedule a write: after the flush
+        interval, or at once when ``KEYPOOL_USAGE_FLUSH_CALLS`` calls are
+        waiting. Never touches the database itself."""
         with self._lock:
             pending = self._pending.setdefault(key_id, PendingUsage())
             if success:
@@ -53,14 +62,28 @@ class UsageBuffer:
                 pending.failures += 1
             if pending.last_used_at is None or used_at > pending.last_used_at:
                 pending.last_used_at = used_at
-            if self._timer is None:
-                self._timer = threading.Timer(flush_interval(), self._flush_later)
-                self._timer.daemon = True
-                self._timer.start()
+            self._calls += 1
+            # Only reaching the limit writes at once. Counts kept after a
+            # failed write are above it and wait for the interval, so a
+            # database outage gives no write attempt per call.
+            delay = 0.0 if self._calls == flush_calls() else flush_interval()
+            self._schedule(delay)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            if self._timer_delay <= delay:
+                return
+            self._timer.cancel()
+        self._timer = threading.Timer(delay, self._flush_later)
+        self._timer.daemon = True
+        self._timer_delay = delay
+        self._timer.start()
 
     def _flush_later(self) -> None:
         with self._lock:
-            self._timer = None
+            # A sooner write may have replaced this timer in the meantime.
+            if self._timer is threading.current_thread():
+                self._timer = None
         try:
             self.flush()
         finally:
@@ -73,6 +96,7 @@ class UsageBuffer:
         next flush."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._calls = 0
         for key_id, usage in pending.items():
             try:
                 write_usage(key_id, usage)
@@ -85,6 +109,7 @@ class UsageBuffer:
         """Drop the buffered counts and any scheduled write."""
         with self._lock:
             self._pending = {}
+            self._calls = 0
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -94,6 +119,7 @@ class UsageBuffer:
             pending = self._pending.setdefault(key_id, PendingUsage())
             pending.successes += usage.successes
             pending.failures += usage.failures
+            self._calls += usage.successes + usage.failures
             pending.last_used_at = max(
                 filter(None, [pending.last_used_at, usage.last_used_at]), default=None
             )
@@ -120,6 +146,10 @@ def flush_interval() -> float:
     return float(
         getattr(settings, "KEYPOOL_USAGE_FLUSH_SECONDS", DEFAULT_FLUSH_SECONDS)
     )
+
+
+def flush_calls() -> int:
+    return int(getattr(settings, "KEYPOOL_USAGE_FLUSH_CALLS", DEFAULT_FLUSH_CALLS))
 
 
 buffer = UsageBuffer()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
@@ -65,6 +66,33 @@ def test_pool_call_no_usable_key_lists_attempts(sim_vendor, make_key):
 
     assert "only: invalid (401)" in str(raised.value)
     assert "sk-sim-invalid-cmd3" not in str(raised.value)
+
+
+def test_pool_call_wrong_encryption_keys_rejected(sim_vendor, make_key, settings):
+    vendor = sim_vendor("openai")
+    make_key(vendor, secret="sk-sim-ok-cmd4")
+    settings.KEYPOOL_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+
+    with pytest.raises(CommandError, match="KEYPOOL_ENCRYPTION_KEYS") as raised:
+        run("pool_call", vendor.slug, "GET", "models")
+
+    assert "cannot be decrypted" in str(raised.value)
+
+
+def test_pool_call_empty_encryption_keys_rejected(sim_vendor, make_key, settings):
+    vendor = sim_vendor("openai")
+    make_key(vendor, secret="sk-sim-ok-cmd5")
+    settings.KEYPOOL_ENCRYPTION_KEYS = []
+
+    with pytest.raises(CommandError, match="KEYPOOL_ENCRYPTION_KEYS is empty"):
+        run("pool_call", vendor.slug, "GET", "models")
+
+
+def test_pool_call_absolute_url_rejected(sim_vendor):
+    sim_vendor("openai")
+
+    with pytest.raises(CommandError, match="is an absolute URL"):
+        run("pool_call", "sim-openai", "GET", "http://127.0.0.1:9/models")
 
 
 # load_demo --------------------------------------------------------------------

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -812,3 +813,334 @@ class TestVendor:
         key = make_key(vendor, api_url="http://127.0.0.1:9/custom")
 
         assert key.effective_url == "http://127.0.0.1:9/custom"
+
+
+class TestValidators:
+    @pytest.mark.parametrize(
+        "secret",
+        [
+            "sk-test-fake-zero\u200bwidth",
+            "sk-test-fake-\u043a\u0438\u0440",
+            "sk-test-fake-line\nbreak",
+            "sk-test-fake inner",
+            "sk-test-fake-bell\x07",
+            "sk-test-fake-" + "x" * 1100,
+        ],
+    )
+    def test_full_clean_rejects_bad_secret(self, vendor, secret):
+        key = ApiKey(vendor=vendor, name="key1", secret=secret)
+
+        with pytest.raises(ValidationError) as raised:
+            key.full_clean()
+
+        assert list(raised.value.message_dict) == ["secret"]
+        message = raised.value.message_dict["secret"][0]
+        assert message.startswith("The API key ")
+        assert "sk-test-fake" not in message
+
+    def test_full_clean_accepts_fake_secret(self, vendor):
+        ApiKey(vendor=vendor, name="key1", secret=fake_secret()).full_clean()
+
+    @pytest.mark.parametrize("url", ["ftp://127.0.0.1/v1", "file:///tmp/v1"])
+    def test_full_clean_rejects_non_http_urls(self, vendor, url):
+        key = ApiKey(vendor=vendor, name="key1", secret=fake_secret(), api_url=url)
+        custom = Vendor(slug="custom", name="Custom", base_url=url)
+
+        with pytest.raises(ValidationError) as key_error:
+            key.full_clean()
+        with pytest.raises(ValidationError) as vendor_error:
+            custom.full_clean()
+
+        key_messages = " ".join(key_error.value.message_dict["api_url"])
+        vendor_messages = " ".join(vendor_error.value.message_dict["base_url"])
+        assert "http:// or https://" in key_messages
+        assert "http:// or https://" in vendor_messages
+
+    @pytest.mark.parametrize(
+        ("config", "message"),
+        [
+            ({"headers": {"Authorization": "x"}}, "Authorization cannot be set"),
+            ({"headers": {"X-A": "a\x07"}}, "header X-A may contain only"),
+            ({"headers": {"X-A": "v" * 8193}}, "X-A is longer than 8192"),
+            ({"headers": {f"X-{n}": "1" for n in range(51)}}, "At most 50"),
+            ({"headers": {"X-A": "1", "x-a": "2"}}, "x-a is listed twice"),
+            ({"headers": ["X-A: 1"]}, "must be an object"),
+            ({"api_version": "2024 10"}, "The API version may contain only"),
+            ({"organization": "o" * 101}, "The organization may contain only"),
+            ({"project": 5}, "The project must be a string."),
+        ],
+    )
+    def test_full_clean_rejects_bad_config(self, vendor, config, message):
+        key = ApiKey(vendor=vendor, name="key1", secret=fake_secret(), config=config)
+
+        with pytest.raises(ValidationError) as raised:
+            key.full_clean()
+
+        assert message in raised.value.message_dict["config"][0]
+
+    def test_vendor_name_unique_in_any_case(self, vendor):
+        other = Vendor(slug="openai-2", name="OPENAI", base_url="http://127.0.0.1:9")
+
+        with pytest.raises(ValidationError) as raised:
+            other.full_clean()
+
+        assert raised.value.messages == [
+            "A vendor with this name already exists. Pick another name."
+        ]
+
+    def test_database_rejects_vendor_name_in_other_case(self, vendor):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Vendor.objects.create(
+                slug="openai-2", name="openAI", base_url="http://127.0.0.1:9"
+            )
+
+
+class TestMarkAfterConcurrentMark:
+    """A mark from a request that started before another automatic mark."""
+
+    def test_exceeded_applies_over_concurrent_cooldown(self, vendor, make_key):
+        key = make_key(vendor)
+        observed_at = timezone.now()
+        until = timezone.now() + timedelta(seconds=60)
+        ApiKey.objects.get(pk=key.pk).mark(
+            Status.RATE_LIMITED, observed_at=timezone.now(), cooldown_until=until
+        )
+
+        marked = key.mark(Status.EXCEEDED, "quota", observed_at=observed_at)
+
+        assert marked is True
+        assert ApiKey.objects.get(pk=key.pk).status == Status.EXCEEDED
+
+    def test_invalid_applies_over_concurrent_exceeded(self, vendor, make_key):
+        key = make_key(vendor)
+        observed_at = timezone.now()
+        ApiKey.objects.get(pk=key.pk).mark(
+            Status.EXCEEDED, observed_at=timezone.now()
+        )
+
+        assert key.mark(Status.INVALID, observed_at=observed_at) is True
+        assert ApiKey.objects.get(pk=key.pk).is_invalid is True
+
+    def test_skipped_after_cooldown_then_enable(self, vendor, make_key):
+        key = make_key(vendor)
+        observed_at = timezone.now()
+        other = ApiKey.objects.get(pk=key.pk)
+        until = timezone.now() + timedelta(seconds=60)
+        other.mark(
+            Status.RATE_LIMITED, observed_at=timezone.now(), cooldown_until=until
+        )
+        other.enable()
+
+        marked = key.mark(Status.EXCEEDED, "quota", observed_at=observed_at)
+
+        assert marked is False
+        assert ApiKey.objects.get(pk=key.pk).status == Status.NORMAL
+
+    def test_older_cooldown_keeps_later_end(self, vendor, make_key):
+        key = make_key(vendor)
+        observed_at = timezone.now()
+        later = timezone.now() + timedelta(hours=2)
+        ApiKey.objects.get(pk=key.pk).mark(
+            Status.RATE_LIMITED, observed_at=timezone.now(), cooldown_until=later
+        )
+        sooner = timezone.now() + timedelta(seconds=60)
+
+        key.mark(Status.RATE_LIMITED, observed_at=observed_at, cooldown_until=sooner)
+
+        assert ApiKey.objects.get(pk=key.pk).cooldown_until == later
+        assert key.cooldown_until == later
+
+
+class TestPlainSave:
+    """``save()`` of an existing key without ``update_fields`` writes only
+    the editable fields, so a stale instance loses no status or count."""
+
+    def test_stale_save_keeps_exceeded(self, vendor, make_key):
+        key = make_key(vendor)
+        stale = ApiKey.objects.get(pk=key.pk)
+        key.mark(Status.EXCEEDED, "quota", observed_at=timezone.now())
+
+        stale.name = "renamed"
+        stale.save()
+
+        stored = ApiKey.objects.get(pk=key.pk)
+        assert stored.name == "renamed"
+        assert stored.status == Status.EXCEEDED
+        assert stored.status_reason == "quota"
+
+    def test_stale_save_keeps_usage_counts(self, vendor, make_key):
+        key = make_key(vendor)
+        stale = ApiKey.objects.get(pk=key.pk)
+        key.record_usage(successes=3, failures=2, used_at=timezone.now())
+
+        stale.save()
+
+        stored = ApiKey.objects.get(pk=key.pk)
+        assert stored.success_count == 3
+        assert stored.failure_count == 2
+        assert stored.last_used_at is not None
+
+    def test_stale_save_keeps_priority_and_default(self, vendor, five_keys):
+        stale = ApiKey.objects.get(pk=five_keys[0].pk)
+        five_keys[4].set_default()
+        five_keys[4].to(0)
+
+        stale.save()
+
+        stored = ApiKey.objects.get(pk=stale.pk)
+        assert stored.order == 1
+        assert stored.is_default is False
+        assert priorities(vendor) == [0, 1, 2, 3, 4]
+
+    def test_status_fields_not_written_without_update_fields(self, vendor, make_key):
+        key = make_key(vendor)
+
+        key.is_enabled = False
+        key.is_exceeded = True
+        key.success_count = 99
+        key.save()
+
+        stored = ApiKey.objects.get(pk=key.pk)
+        assert stored.is_enabled is True
+        assert stored.is_exceeded is False
+        assert stored.success_count == 0
+
+    def test_editable_fields_written(self, vendor, make_key):
+        key = make_key(vendor)
+        secret = fake_secret("edited")
+        expires_at = timezone.now() + timedelta(days=3)
+
+        key.secret = secret
+        key.api_url = "http://127.0.0.1:9/other"
+        key.config = {"api_version": "2024-10-21"}
+        key.expires_at = expires_at
+        key.save()
+
+        stored = ApiKey.objects.get(pk=key.pk)
+        assert stored.secret == secret
+        assert stored.api_url == "http://127.0.0.1:9/other"
+        assert stored.config == {"api_version": "2024-10-21"}
+        assert stored.expires_at == expires_at
+
+    def test_explicit_update_fields_written(self, vendor, make_key):
+        key = make_key(vendor)
+
+        key.is_enabled = False
+        key.save(update_fields=["is_enabled"])
+
+        assert ApiKey.objects.get(pk=key.pk).is_enabled is False
+
+    def test_vendor_change_rejected(self, vendor, other_vendor, make_key):
+        key = make_key(vendor)
+
+        key.vendor = other_vendor
+        with pytest.raises(ValidationError, match="cannot move to another vendor"):
+            key.save()
+
+        stored = ApiKey.objects.get(pk=key.pk)
+        assert stored.vendor_id == vendor.pk
+        assert vendor.default_key == stored
+
+
+class TestBulkCreate:
+    def test_first_key_of_new_vendor_is_default(self, vendor):
+        ApiKey.objects.bulk_create(
+            ApiKey(vendor=vendor, name=f"key{n}", secret=fake_secret())
+            for n in (1, 2, 3)
+        )
+
+        defaults = ApiKey.objects.filter(vendor=vendor, is_default=True)
+        assert list(defaults.values_list("name", flat=True)) == ["key1"]
+        assert priorities(vendor) == [0, 1, 2]
+
+    def test_default_per_vendor(self, vendor, other_vendor):
+        ApiKey.objects.bulk_create(
+            ApiKey(vendor=owner, name=f"key{n}", secret=fake_secret())
+            for owner in (vendor, other_vendor)
+            for n in (1, 2)
+        )
+
+        assert vendor.default_key.name == "key1"
+        assert other_vendor.default_key.name == "key1"
+
+    def test_existing_default_kept(self, vendor, make_key):
+        first = make_key(vendor)
+
+        ApiKey.objects.bulk_create(
+            [ApiKey(vendor=vendor, name="key9", secret=fake_secret())]
+        )
+
+        assert vendor.default_key == first
+        assert ApiKey.objects.filter(vendor=vendor, is_default=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+class TestConcurrentPriorityChanges:
+    """Threads that add, delete and move one vendor's keys at once leave
+    the priorities 0..n-1, because each change locks the vendor first."""
+
+    THREADS = 6
+    ROUNDS = 8
+
+    def run_threads(self, work) -> list[BaseException]:
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(self.THREADS)
+
+        def run(number: int) -> None:
+            try:
+                barrier.wait()
+                for round_number in range(self.ROUNDS):
+                    work(number, round_number)
+            except BaseException as error:  # noqa: BLE001 (reported below)
+                errors.append(error)
+            finally:
+                connection.close()
+
+        threads = [
+            threading.Thread(target=run, args=(number,))
+            for number in range(self.THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return errors
+
+    def test_creates_and_deletes_keep_priorities(self, vendor, make_key):
+        make_key(vendor, name="base")
+
+        def work(number: int, round_number: int) -> None:
+            ApiKey.objects.create(
+                vendor=vendor, name=f"t{number}-{round_number}", secret=fake_secret()
+            )
+            if round_number % 2:
+                ApiKey.objects.get(
+                    vendor=vendor, name=f"t{number}-{round_number - 1}"
+                ).delete()
+
+        errors = self.run_threads(work)
+
+        assert errors == []
+        count = ApiKey.objects.filter(vendor=vendor).count()
+        assert count == 1 + self.THREADS * self.ROUNDS // 2
+        assert priorities(vendor) == list(range(count))
+
+    def test_creates_deletes_and_moves_keep_priorities(self, vendor, make_key):
+        make_key(vendor, name="base")
+
+        def work(number: int, round_number: int) -> None:
+            key = ApiKey.objects.create(
+                vendor=vendor, name=f"t{number}-{round_number}", secret=fake_secret()
+            )
+            if round_number % 3 == 0:
+                key.to(0)
+            elif round_number % 3 == 1:
+                ApiKey.objects.filter(pk=key.pk).delete()
+            else:
+                ApiKey.objects.renumber(vendor)
+
+        errors = self.run_threads(work)
+
+        assert errors == []
+        count = ApiKey.objects.filter(vendor=vendor).count()
+        assert priorities(vendor) == list(range(count))

@@ -4,6 +4,9 @@ vendor simulator on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
+import math
+import socket
+import struct
 import threading
 from datetime import timedelta
 
@@ -21,7 +24,7 @@ from pool.services import (
     RateLimited,
     TransientError,
 )
-from pool.simulator import Reply
+from pool.simulator import Reply, VendorSimulator
 from tests.conftest import fake_secret
 
 PROTOCOLS = [protocol.value for protocol in Vendor.Protocol]
@@ -641,3 +644,339 @@ def test_stream_success_left_unread(pool_of):
 
     assert response._content_consumed is False
     assert response.json()["object"] == "list"
+
+
+def test_stream_error_returned_with_body(pool_of, simulator):
+    vendor, (first,) = pool_of("openai", "sk-sim-ok-ae1")
+    body = {"error": {"message": "This model's maximum context length is 8192."}}
+    simulator.script(first.secret, Reply(400, body))
+
+    response = services.request(vendor, "POST", "chat/completions", stream=True)
+
+    assert response.status_code == 400
+    assert response.json() == body
+
+
+# Secrets echoed by vendors or carried by errors ---------------------------------
+
+# Azure secrets are 32 hexadecimal characters, a shape that the generic
+# redaction patterns cannot recognise.
+AZURE_FAKE_SECRETS = ["0" * 31 + "1", "0" * 31 + "2"]
+
+
+def captured_texts(caplog, attempts: list[Attempt]) -> list[str]:
+    texts = [record.getMessage() for record in caplog.records]
+    return texts + [str(attempt) for attempt in attempts]
+
+
+def test_echoed_azure_secret_never_logged(pool_of, simulator, caplog):
+    caplog.set_level(logging.DEBUG)
+    vendor, (first, second) = pool_of("azure", *AZURE_FAKE_SECRETS)
+    rejected = {"error": {"code": "401", "message": f"Invalid key {first.secret}."}}
+    too_long = {
+        "error": {
+            "code": "context_length_exceeded",
+            "message": f"Maximum context length exceeded for key {second.secret}.",
+        }
+    }
+    simulator.script(first.secret, Reply(401, rejected))
+    simulator.script(second.secret, Reply(400, too_long))
+
+    response = send(vendor, "azure")
+
+    assert response.status_code == 400
+    assert response.pool_key == second.name
+    texts = captured_texts(caplog, response.pool_attempts)
+    texts.append(reload(first).status_reason)
+    assert len(caplog.records) > 0
+    for secret in AZURE_FAKE_SECRETS:
+        assert not [text for text in texts if secret in text]
+    assert "[redacted]" in response.pool_attempts[0].message
+    assert "[redacted]" in response.pool_attempts[1].message
+
+
+def test_secret_cut_by_message_limit_redacted(pool_of, simulator, caplog):
+    caplog.set_level(logging.DEBUG)
+    vendor, (first, second) = pool_of("azure", *AZURE_FAKE_SECRETS)
+    # The message is cut to 300 characters in the middle of the secret.
+    message = "x" * 290 + f" {first.secret}"
+    simulator.script(first.secret, Reply(401, {"error": {"message": message}}))
+
+    response = send(vendor, "azure")
+
+    assert response.pool_key == second.name
+    texts = captured_texts(caplog, response.pool_attempts)
+    texts.append(reload(first).status_reason)
+    assert not [text for text in texts if first.secret[:8] in text]
+    assert response.pool_attempts[0].message.endswith("[redacted]…")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    "secret",
+    [fake_secret("newline") + "\n", fake_secret("cyrillic") + "-ключ"],
+    ids=["newline", "non-latin-1"],
+)
+def test_unsendable_secret_marked_invalid(protocol, secret, pool_of, caplog):
+    caplog.set_level(logging.DEBUG)
+    vendor, (first, second) = pool_of(protocol, secret, "sk-sim-ok-af2")
+
+    response = send(vendor, protocol)
+
+    first = reload(first)
+    assert response.pool_key == second.name
+    assert first.status == ApiKey.Status.INVALID
+    assert first.status_reason == services.UNSENDABLE_SECRET_MESSAGE
+    assert response.pool_attempts[0].outcome == "invalid"
+    texts = captured_texts(caplog, response.pool_attempts)
+    assert not [text for text in texts if secret.strip() in text]
+
+
+def test_invalid_caller_header_never_echoed(pool_of, caplog):
+    caplog.set_level(logging.DEBUG)
+    vendor, (first,) = pool_of("openai", "sk-sim-ok-ag1")
+    # Not shaped like any known secret, so only leaving out the error text
+    # keeps it out of the logs.
+    value = "fake-caller-value-0001\n"
+
+    with pytest.raises(NoUsableKey) as raised:
+        services.request(vendor, "GET", "models", headers={"X-Note": value})
+
+    attempt = raised.value.attempts[0]
+    assert attempt.outcome == "transient"
+    assert attempt.message.startswith("InvalidHeader:")
+    texts = captured_texts(caplog, raised.value.attempts) + [str(raised.value)]
+    assert not [text for text in texts if value.strip() in text]
+    assert reload(first).status == ApiKey.Status.NORMAL
+
+
+# Retry hints given to call() ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "status"),
+    [
+        (math.inf, ApiKey.Status.RATE_LIMITED),
+        (math.nan, ApiKey.Status.RATE_LIMITED),
+        (-5, ApiKey.Status.RATE_LIMITED),
+        ("30", ApiKey.Status.RATE_LIMITED),
+        (object(), ApiKey.Status.RATE_LIMITED),
+        (1e16, ApiKey.Status.EXCEEDED),
+        (10**400, ApiKey.Status.EXCEEDED),
+    ],
+    ids=["inf", "nan", "negative", "string", "object", "1e16", "huge-int"],
+)
+def test_call_odd_retry_after_never_crashes(retry_after, status, vendor, make_key):
+    first = make_key(vendor)
+    second = make_key(vendor)
+
+    def use(key: ApiKey) -> str:
+        if key.pk == first.pk:
+            raise RateLimited("Slow down", retry_after=retry_after)
+        return key.name
+
+    assert services.call(vendor, use) == second.name
+    assert reload(first).status == status
+
+
+def test_call_string_retry_after_followed(vendor, make_key):
+    first = make_key(vendor)
+    make_key(vendor)
+    before = timezone.now()
+
+    def use(key: ApiKey) -> None:
+        if key.pk == first.pk:
+            raise RateLimited("Slow down", retry_after="30")
+
+    services.call(vendor, use)
+
+    cooldown_until = reload(first).cooldown_until
+    assert cooldown_until >= before + timedelta(seconds=30)
+    assert cooldown_until <= timezone.now() + timedelta(seconds=30)
+
+
+# Errors while an error body is read ----------------------------------------------
+
+
+class RawServer:
+    """A one-shot HTTP server on 127.0.0.1 for responses that the simulator
+    cannot send: a body cut off by a reset, or a very large body."""
+
+    def __init__(self, head: bytes, body: bytes = b"", *, reset: bool = False):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.sent_whole_body = False
+        self.thread = threading.Thread(
+            target=self.serve, args=(head, body, reset), daemon=True
+        )
+        self.thread.start()
+
+    def serve(self, head: bytes, body: bytes, reset: bool) -> None:
+        connection_, _ = self.listener.accept()
+        with connection_, self.listener:
+            connection_.recv(65536)
+            try:
+                connection_.sendall(head)
+                for start in range(0, len(body), 65536):
+                    connection_.sendall(body[start : start + 65536])
+                self.sent_whole_body = True
+            except OSError:
+                return
+            if reset:
+                # Linger 0 makes close() send a TCP reset.
+                connection_.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+
+    def join(self) -> None:
+        self.thread.join(timeout=10)
+
+
+def error_head(length: int) -> bytes:
+    return (
+        "HTTP/1.1 429 Too Many Requests\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_bad_gzip_error_body_fails_over(stream, pool_of, simulator):
+    vendor, (first, second) = pool_of("openai", "sk-sim-ok-ah1", "sk-sim-ok-ah2")
+    simulator.script(
+        first.secret, Reply(429, "not gzip data", {"Content-Encoding": "gzip"})
+    )
+
+    response = services.request(vendor, "GET", "models", stream=stream)
+
+    assert response.pool_key == second.name
+    assert response.pool_attempts[0].outcome == "transient"
+    assert response.pool_attempts[0].status_code == 429
+    assert reload(first).status == ApiKey.Status.NORMAL
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_reset_during_error_body_fails_over(stream, sim_vendor, make_key):
+    server = RawServer(error_head(100_000), b'{"error": {"message": "Rate', reset=True)
+    vendor = sim_vendor("openai")
+    first = make_key(vendor, secret="sk-sim-ok-ai1", api_url=server.url)
+    second = make_key(vendor, secret="sk-sim-ok-ai2")
+
+    response = services.request(vendor, "GET", "models", stream=stream)
+    server.join()
+
+    assert response.pool_key == second.name
+    assert response.pool_attempts[0].outcome == "transient"
+    assert reload(first).status == ApiKey.Status.NORMAL
+
+
+def test_large_error_body_read_only_in_part(sim_vendor, make_key):
+    # Far more than the socket buffers of both ends can hold, so the server
+    # can only send it all if the pool reads it all.
+    size = 48 * 1024 * 1024
+    server = RawServer(error_head(size), b" " * size)
+    vendor = sim_vendor("openai")
+    first = make_key(vendor, secret="sk-sim-ok-aj1", api_url=server.url)
+    second = make_key(vendor, secret="sk-sim-ok-aj2")
+
+    response = send(vendor)
+    server.join()
+
+    assert response.pool_key == second.name
+    assert reload(first).status == ApiKey.Status.RATE_LIMITED
+    assert server.sent_whole_body is False
+
+
+def test_bad_gzip_success_fails_over(pool_of, simulator):
+    vendor, (first, second) = pool_of("openai", "sk-sim-ok-ak1", "sk-sim-ok-ak2")
+    simulator.script(
+        first.secret, Reply(200, "not gzip data", {"Content-Encoding": "gzip"})
+    )
+
+    response = send(vendor)
+
+    assert response.pool_key == second.name
+    assert response.pool_attempts[0].outcome == "transient"
+    assert response.pool_attempts[0].status_code == 200
+
+
+# Cookies and redirects -------------------------------------------------------------
+
+
+def test_cookie_not_sent_with_next_key(pool_of, sim_vendor, make_key, simulator):
+    vendor, (first,) = pool_of("openai", "sk-sim-ok-al1")
+    other = sim_vendor("anthropic")
+    second = make_key(other, secret="sk-sim-ok-al2")
+    simulator.script(
+        first.secret,
+        Reply(200, {"object": "list"}, {"Set-Cookie": "session=abc123; Path=/"}),
+    )
+
+    send(vendor)
+    send(other, "anthropic")
+
+    seen = [
+        received for received in simulator.requests if received.secret == second.secret
+    ]
+    assert len(seen) == 1
+    assert "cookie" not in seen[0].headers
+
+
+@pytest.fixture
+def other_host():
+    """A second simulator on another port of 127.0.0.1, as a foreign host."""
+    server = VendorSimulator().start()
+    server.script("", *[Reply(200, {"object": "list"})] * 4)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_redirect_elsewhere_drops_key_headers(
+    protocol, sim_vendor, make_key, simulator, other_host
+):
+    vendor = sim_vendor(protocol)
+    config = dict(AZURE_CONFIG, headers={"X-Team": "ml"})
+    first = make_key(vendor, secret="sk-sim-ok-am1", config=config)
+    target = other_host.url("v1/elsewhere")
+    simulator.script(first.secret, Reply(307, None, {"Location": target}))
+
+    response = services.request(
+        vendor, "POST", CALL_PATHS[protocol], json={}, allow_redirects=True
+    )
+
+    assert response.status_code == 200
+    assert len(other_host.requests) == 1
+    headers = other_host.requests[0].headers
+    for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key", "x-team"):
+        assert name not in headers
+    assert not [value for value in headers.values() if first.secret in value]
+
+
+def test_redirect_same_origin_keeps_key_headers(pool_of, simulator):
+    vendor, (first,) = pool_of("anthropic", "sk-sim-ok-an1")
+    simulator.script(first.secret, Reply(307, None, {"Location": "/v1/moved"}))
+
+    response = services.request(
+        vendor, "POST", "messages", json={}, allow_redirects=True
+    )
+
+    assert response.status_code == 200
+    assert simulator.count(first.secret) == 2
+
+
+# Usage bookkeeping -----------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usage_written_when_many_calls_wait(pool_of, settings):
+    settings.KEYPOOL_USAGE_FLUSH_CALLS = 3
+    vendor, (key,) = pool_of("openai", "sk-sim-ok-ao1")
+
+    for _ in range(3):
+        send(vendor)
+
+    deadline = timezone.now() + timedelta(seconds=10)
+    while reload(key).success_count < 3 and timezone.now() < deadline:
+        threading.Event().wait(0.02)
+    assert reload(key).success_count == 3

@@ -469,11 +469,12 @@ class TestVendorSettings:
     def test_key_saved_becomes_missing_default(
         self, operator_client, vendor, settings_url
     ):
-        # bulk_create skips ApiKey.save(), so these keys have no default key.
+        # Keys without a default key, as a raw UPDATE could leave them.
         ApiKey.objects.bulk_create(
             ApiKey(vendor=vendor, name=f"key{n}", secret=fake_secret(), order=n)
             for n in (1, 2)
         )
+        ApiKey.objects.update(is_default=False)
 
         response = operator_client.post(
             settings_url, self.form_data(secret=fake_secret())

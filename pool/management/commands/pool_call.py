@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from pool import services
@@ -37,6 +38,10 @@ class Command(BaseCommand):
         except Vendor.DoesNotExist as error:
             raise CommandError(f"{error} List vendors on the pool page.") from None
         except ValueError as error:
+            raise CommandError(str(error)) from None
+        except ImproperlyConfigured as error:
+            # Includes DecryptionError for a wrong KEYPOOL_ENCRYPTION_KEYS;
+            # its message names the setting and the fix.
             raise CommandError(str(error)) from None
         except services.NoUsableKey as error:
             self.print_attempts(error.attempts)
