@@ -10,7 +10,7 @@ STAMP := $(VENV)/.requirements-installed
 PORT ?= 8000
 SIMULATOR_PORT ?= 8900
 
-.PHONY: run test venv clean
+.PHONY: run test lint venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) db.sqlite3 db.sqlite3-* staticfiles test-output

@@ -100,9 +100,9 @@ class ApiKeyAdminForm(forms.ModelForm):
         self.initial.pop("secret", None)
         if self.instance.pk is not None:
             self.fields["secret"].required = False
-            self.fields["secret"].help_text = (
-                "Leave blank to keep the current secret. Stored encrypted."
-            )
+            self.fields[
+                "secret"
+            ].help_text = "Leave blank to keep the current secret. Stored encrypted."
 
     def clean_secret(self) -> str:
         secret = self.cleaned_data["secret"]

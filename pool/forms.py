@@ -434,9 +434,7 @@ class AddVendorForm(forms.Form):
     protocol = forms.ChoiceField(
         choices=[("", "Preset's protocol"), *Protocol.choices], required=False
     )
-    base_url = url_field(
-        "Base URL", "Leave empty to use the preset's.", required=False
-    )
+    base_url = url_field("Base URL", "Leave empty to use the preset's.", required=False)
     secret = secret_field(
         help_text="The first key; it becomes the vendor's default key."
     )

@@ -272,18 +272,22 @@ def usable_key_filter(*, prefix: str = "", now: datetime | None = None) -> Q:
     """Build the condition for "may be called now", optionally across a
     relation (``prefix="keys__"``)."""
     now = now or timezone.now()
-    return Q(
-        **{
-            f"{prefix}is_enabled": True,
-            f"{prefix}is_invalid": False,
-            f"{prefix}is_exceeded": False,
-        }
-    ) & (
-        Q(**{f"{prefix}expires_at__isnull": True})
-        | Q(**{f"{prefix}expires_at__gt": now})
-    ) & (
-        Q(**{f"{prefix}cooldown_until__isnull": True})
-        | Q(**{f"{prefix}cooldown_until__lte": now})
+    return (
+        Q(
+            **{
+                f"{prefix}is_enabled": True,
+                f"{prefix}is_invalid": False,
+                f"{prefix}is_exceeded": False,
+            }
+        )
+        & (
+            Q(**{f"{prefix}expires_at__isnull": True})
+            | Q(**{f"{prefix}expires_at__gt": now})
+        )
+        & (
+            Q(**{f"{prefix}cooldown_until__isnull": True})
+            | Q(**{f"{prefix}cooldown_until__lte": now})
+        )
     )
 
 
@@ -450,9 +454,7 @@ class ApiKey(OrderedModel):
         INVALID = "invalid", "Invalid"
         RATE_LIMITED = "rate_limited", "Rate limited"
 
-    vendor = models.ForeignKey(
-        Vendor, on_delete=models.CASCADE, related_name="keys"
-    )
+    vendor = models.ForeignKey(Vendor, on_delete=models.CASCADE, related_name="keys")
     name = models.CharField(max_length=100)
     secret = EncryptedTextField(
         validators=[validate_secret], help_text="The credential. Stored encrypted."
@@ -480,9 +482,7 @@ class ApiKey(OrderedModel):
     is_exceeded = models.BooleanField("out of quota", default=False)
     is_invalid = models.BooleanField("rejected by vendor", default=False)
     cooldown_until = models.DateTimeField(null=True, blank=True)
-    status_reason = models.CharField(
-        max_length=STATUS_REASON_MAX_LENGTH, blank=True
-    )
+    status_reason = models.CharField(max_length=STATUS_REASON_MAX_LENGTH, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
 
     # Usage.

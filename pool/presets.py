@@ -33,7 +33,9 @@ VENDOR_PRESETS: tuple[VendorPreset, ...] = (
         Protocol.GEMINI,
         "https://generativelanguage.googleapis.com/v1beta",
     ),
-    VendorPreset("deepseek", "DeepSeek", Protocol.OPENAI, "https://api.deepseek.com/v1"),
+    VendorPreset(
+        "deepseek", "DeepSeek", Protocol.OPENAI, "https://api.deepseek.com/v1"
+    ),
     VendorPreset("mistral", "Mistral", Protocol.OPENAI, "https://api.mistral.ai/v1"),
     VendorPreset("groq", "Groq", Protocol.OPENAI, "https://api.groq.com/openai/v1"),
     VendorPreset(

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit

@@ -298,8 +298,7 @@ def check_header(header: Any, value: Any, name: str) -> None:
         raise ValueError(f"{name} has an invalid header name {header!r}.")
     if header.lower() in SIMULATOR_HEADERS:
         raise ValueError(
-            f"{name} sets {header}, which the simulator writes itself. "
-            "Leave it out."
+            f"{name} sets {header}, which the simulator writes itself. Leave it out."
         )
     if not isinstance(value, str):
         raise ValueError(f"{name}[{header!r}] must be a string, not {value!r}.")

@@ -46,7 +46,9 @@ def fake_secret(label: str = "ok") -> str:
 @pytest.fixture
 def vendor(db) -> Vendor:
     return Vendor.objects.create(
-        slug="openai", name="OpenAI", protocol=Vendor.Protocol.OPENAI,
+        slug="openai",
+        name="OpenAI",
+        protocol=Vendor.Protocol.OPENAI,
         base_url="http://127.0.0.1:9/v1",
     )
 

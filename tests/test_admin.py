@@ -218,9 +218,7 @@ class TestEditKeepsStatus:
         self, admin_client, keys, write_during_save
     ):
         key = keys[1]
-        write_during_save(
-            lambda: key.record_usage(successes=5, used_at=timezone.now())
-        )
+        write_during_save(lambda: key.record_usage(successes=5, used_at=timezone.now()))
 
         admin_client.post(change_url(key), change_form_data(key, name="renamed"))
 
@@ -315,7 +313,6 @@ class TestDelete:
         assert response.status_code == 302
         assert not Vendor.objects.exists()
         assert not ApiKey.objects.exists()
-
 
     def test_vendor_bulk_delete_deletes_keys(self, admin_client, vendor, keys):
         data = {

@@ -41,7 +41,6 @@ def raw_rows() -> list[tuple]:
         return cursor.fetchall()
 
 
-
 @pytest.fixture
 def five_keys(vendor, make_key) -> list[ApiKey]:
     return [make_key(vendor) for _ in range(5)]
@@ -718,7 +717,6 @@ class TestConcurrentWrites:
         assert stored.order == 0
         assert stored.status == Status.EXCEEDED
 
-
     @pytest.mark.parametrize(
         "move",
         [
@@ -914,9 +912,7 @@ class TestMarkAfterConcurrentMark:
     def test_invalid_applies_over_concurrent_exceeded(self, vendor, make_key):
         key = make_key(vendor)
         observed_at = timezone.now()
-        ApiKey.objects.get(pk=key.pk).mark(
-            Status.EXCEEDED, observed_at=timezone.now()
-        )
+        ApiKey.objects.get(pk=key.pk).mark(Status.EXCEEDED, observed_at=timezone.now())
 
         assert key.mark(Status.INVALID, observed_at=observed_at) is True
         assert ApiKey.objects.get(pk=key.pk).is_invalid is True

@@ -194,9 +194,11 @@ def test_keyboard_focus_survives_table_swap(page, operator, vendor, make_key):
         page.keyboard.press("ArrowUp")
     wait_for_focus(page, f"handle-{third.pk}")
     assert row_names(page) == ["key3", "key2", "key1"]
-    assert list(
-        vendor.keys.order_by("order").values_list("name", flat=True)
-    ) == ["key3", "key2", "key1"]
+    assert list(vendor.keys.order_by("order").values_list("name", flat=True)) == [
+        "key3",
+        "key2",
+        "key1",
+    ]
     with page.expect_response("**/move/"):
         page.keyboard.press("ArrowDown")
     wait_for_focus(page, f"handle-{third.pk}")

@@ -11,10 +11,10 @@ import pytest
 from pool.classify import DEFAULT_COOLDOWN, MAX_COOLDOWN, Outcome, classify
 from pool.hints import (
     MAX_HINT,
+    coerce_retry_after,
     find_header_hint,
     find_text_hint,
     parse_duration,
-    coerce_retry_after,
 )
 from pool.models import ApiKey, Vendor
 from pool.protocols import build_request, join_url

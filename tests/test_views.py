@@ -21,7 +21,6 @@ def page_url(vendor: Vendor) -> str:
     return reverse("pool:vendor", kwargs={"vendor": vendor.slug})
 
 
-
 class TestAccess:
     def test_anonymous_redirected_to_admin_login(self, client, vendor):
         response = client.get(page_url(vendor))

@@ -115,9 +115,7 @@ class TestSecretCharacters:
         assert key.secret == old_secret
 
     @pytest.mark.parametrize("secret", BAD_SECRETS)
-    def test_vendor_settings_reject(
-        self, operator_client, key, settings_url, secret
-    ):
+    def test_vendor_settings_reject(self, operator_client, key, settings_url, secret):
         before = snapshot()
 
         response = operator_client.post(
@@ -217,9 +215,7 @@ class TestExtraHeaders:
 
         assert_rejected(response, "headers", "Authorization cannot be set", before)
 
-    def test_vendor_settings_reject_reserved(
-        self, operator_client, key, settings_url
-    ):
+    def test_vendor_settings_reject_reserved(self, operator_client, key, settings_url):
         before = snapshot()
 
         response = operator_client.post(

@@ -110,9 +110,7 @@ class TestCsrfFailure:
         return client
 
     @pytest.mark.parametrize("htmx", [True, False])
-    def test_stale_token_answers_403_with_reload_hint(
-        self, csrf_client, key, htmx
-    ):
+    def test_stale_token_answers_403_with_reload_hint(self, csrf_client, key, htmx):
         url = reverse("pool:disable_key", kwargs={"vendor": "openai", "key_id": key.pk})
         csrf_client.get(reverse("pool:vendor", args=["openai"]))
 
