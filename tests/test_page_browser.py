@@ -95,6 +95,10 @@ def test_pool_page_in_chromium(page, operator, vendor, make_key, screenshot_dir)
         "spans => spans.map(span => span.getClientRects().length)"
     )
     assert line_counts == [1, 1, 1]
+    # Every column, the actions included, fits without scrolling sideways.
+    table = page.locator("#pool-table")
+    overflow = table.evaluate("table => table.scrollWidth - table.clientWidth")
+    assert overflow <= 0
     page.screenshot(path=screenshot_dir / "pool-page.png", full_page=True)
     page.emulate_media(color_scheme="dark")
     # The admin's colour transitions would otherwise be caught halfway.
