@@ -171,6 +171,15 @@ class TestProduction:
             result.stderr
         )
 
+    @pytest.mark.parametrize("name", ["CONN_MAX_AGE", "SECURE_HSTS_SECONDS"])
+    def test_invalid_number_named(self, project, name):
+        env = {**production_env(), name: "abc"}
+
+        result = run_python(project, PRINT_SETTINGS, env)
+
+        assert result.returncode != 0
+        assert f"{name}='abc' is invalid: use a whole number" in result.stderr
+
     def test_invalid_debug_value_named(self, project):
         result = run_python(project, PRINT_SETTINGS, {"DEBUG": "maybe"})
 
