@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.forms import Form
 from django.http import HttpRequest, HttpResponse
@@ -183,6 +184,7 @@ def vendor_settings(request: HttpRequest, vendor: str) -> HttpResponse:
         vendor=vendor_obj, name=ApiKey.objects.suggest_name(vendor_obj)
     )
     key.vendor = vendor_obj
+
     data = request.POST if request.method == "POST" else None
     form = VendorSettingsForm(data, vendor=vendor_obj, key=key)
     context = {
@@ -195,9 +197,15 @@ def vendor_settings(request: HttpRequest, vendor: str) -> HttpResponse:
     }
     if data is None:
         return render_dialog(request, context)
+
+    key_added = key._state.adding
+    if key_added and not request.user.has_perm("pool.add_apikey"):
+        raise PermissionDenied(
+            "You need the pool.add_apikey permission: saving these settings "
+            "adds the vendor's default key."
+        )
     if not form.is_valid():
         return invalid(request, context, form)
-    key_added = key._state.adding
     vendor_changed, key_changed = form.save()
     log_settings(request, vendor_obj, key, key_added, vendor_changed, key_changed)
     messages.success(request, f"The settings of {vendor_obj.name} are saved.")

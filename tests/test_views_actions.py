@@ -78,6 +78,18 @@ class TestEnable:
         assert not key.is_invalid
         assert key.status == ApiKey.Status.NORMAL
 
+    def test_without_htmx_redirects_with_message(self, operator_client, key):
+        key.disable()
+
+        response = operator_client.post(action_url("enable", key))
+
+        assert response.status_code == 302
+        assert response["Location"] == reverse("pool:vendor", args=[key.vendor.slug])
+        key.refresh_from_db()
+        assert key.is_enabled
+        page = operator_client.get(response["Location"]).content.decode()
+        assert "key2 is enabled." in page
+
     @pytest.mark.parametrize("htmx", [True, False])
     def test_expired_key_answers_409(self, operator_client, key, htmx):
         ApiKey.objects.filter(pk=key.pk).update(

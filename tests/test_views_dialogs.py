@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -9,8 +10,11 @@ from django.contrib.admin.models import LogEntry
 from django.db.models.signals import pre_save
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
+from pool.forms import AddVendorForm
 from pool.models import ApiKey, Vendor
+from pool.presets import PRESETS_BY_SLUG, VENDOR_PRESETS
 from tests.conftest import fake_secret
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -231,6 +235,25 @@ class TestEditKey:
         assert "X-Team: a" in html
         assert "Leave empty to keep the current key." in html
 
+    def test_without_htmx_returns_page(self, operator_client, key, edit_url):
+        response = operator_client.get(edit_url)
+        html = response.content.decode()
+
+        assert response.status_code == 200
+        assert 'id="header"' in html
+        assert f'name="name" value="{key.name}"' in html
+        assert key.secret not in html
+
+    def test_without_htmx_redirects_with_message(self, operator_client, key, edit_url):
+        response = operator_client.post(edit_url, self.form_data(key, name="renamed"))
+
+        assert response.status_code == 302
+        assert response["Location"] == reverse("pool:vendor", args=[key.vendor.slug])
+        key.refresh_from_db()
+        assert key.name == "renamed"
+        page = operator_client.get(response["Location"]).content.decode()
+        assert "renamed is saved." in page
+
     def test_empty_secret_keeps_old(self, operator_client, key, edit_url):
         old_secret = key.secret
 
@@ -384,6 +407,18 @@ class TestVendorSettings:
         assert 'type="password" name="secret"' in html
         assert default_key.secret not in html
 
+    def test_without_htmx_returns_page(
+        self, operator_client, default_key, settings_url
+    ):
+        response = operator_client.get(settings_url)
+        html = response.content.decode()
+
+        assert response.status_code == 200
+        assert 'id="header"' in html
+        assert 'value="OpenAI"' in html
+        assert "Default key: key1" in html
+        assert default_key.secret not in html
+
     def test_saves_vendor_and_key(
         self, operator_client, vendor, default_key, settings_url
     ):
@@ -497,6 +532,39 @@ class TestVendorSettings:
         assert response.status_code == 403
         assert Vendor.objects.get().name == "OpenAI"
 
+    def test_adding_default_key_needs_add_permission(
+        self, client, vendor, settings_url
+    ):
+        from tests.fixtures.browser import make_staff_user
+
+        user = make_staff_user(
+            "editor", ("view_apikey", "change_vendor", "change_apikey")
+        )
+        client.force_login(user)
+        before = snapshot()
+
+        response = client.post(
+            settings_url, self.form_data(name="Renamed", secret=fake_secret())
+        )
+
+        assert response.status_code == 403
+        assert snapshot() == before
+        assert not ApiKey.objects.exists()
+        assert not LogEntry.objects.exists()
+
+    def test_adding_default_key_with_add_permission(self, client, vendor, settings_url):
+        from tests.fixtures.browser import make_staff_user
+
+        user = make_staff_user(
+            "adder", ("view_apikey", "change_vendor", "change_apikey", "add_apikey")
+        )
+        client.force_login(user)
+
+        response = client.post(settings_url, self.form_data(secret=fake_secret()))
+
+        assert response.status_code == 302
+        assert vendor.default_key is not None
+
 
 class TestAddVendor:
     @pytest.fixture
@@ -509,6 +577,76 @@ class TestAddVendor:
         assert '<option value="openai">OpenAI</option>' in html
         assert '<option value="custom">' in html
         assert 'type="password" name="secret"' in html
+
+    def test_form_lists_every_preset(self, operator_client, add_vendor_url):
+        html = operator_client.get(add_vendor_url, **HTMX).content.decode()
+        form = AddVendorForm()
+        protocols = json.loads(
+            form.fields["preset"].widget.attrs["data-preset-protocols"]
+        )
+
+        assert len(VENDOR_PRESETS) == 12
+        for preset in VENDOR_PRESETS:
+            assert (
+                f'<option value="{preset.slug}">{escape(preset.name)}</option>' in html
+            )
+            assert protocols[preset.slug] == preset.protocol
+        assert escape(json.dumps(protocols)) in html
+
+    @pytest.mark.parametrize(
+        "preset",
+        [preset for preset in VENDOR_PRESETS if "YOUR-RESOURCE" not in preset.base_url],
+        ids=lambda preset: preset.slug,
+    )
+    def test_preset_sets_protocol_and_base_url(
+        self, operator_client, add_vendor_url, preset
+    ):
+        response = operator_client.post(
+            add_vendor_url, {"preset": preset.slug, "secret": fake_secret()}
+        )
+
+        assert response.status_code == 302
+        vendor = Vendor.objects.get()
+        assert vendor.slug == preset.slug
+        assert vendor.name == preset.name
+        assert vendor.protocol == preset.protocol
+        assert vendor.base_url == preset.base_url
+
+    def test_azure_preset_base_url_needs_resource(
+        self, operator_client, add_vendor_url
+    ):
+        preset = PRESETS_BY_SLUG["azure-openai"]
+        data = {"preset": preset.slug, "secret": fake_secret(), "api_version": "v1"}
+
+        rejected = operator_client.post(add_vendor_url, data)
+        base_url = preset.base_url.replace("YOUR-RESOURCE", "example")
+        accepted = operator_client.post(add_vendor_url, {**data, "base_url": base_url})
+
+        assert rejected.status_code == 422
+        assert "Replace YOUR-RESOURCE" in rejected.content.decode()
+        assert accepted.status_code == 302
+        vendor = Vendor.objects.get()
+        assert vendor.protocol == preset.protocol
+        assert vendor.base_url == base_url
+
+    def test_without_htmx_returns_page(self, operator_client, add_vendor_url):
+        response = operator_client.get(add_vendor_url)
+        html = response.content.decode()
+
+        assert response.status_code == 200
+        assert 'id="header"' in html
+        assert 'name="preset"' in html
+        assert 'type="password" name="secret"' in html
+
+    def test_without_htmx_redirects_with_message(self, operator_client, add_vendor_url):
+        response = operator_client.post(
+            add_vendor_url, {"preset": "deepseek", "secret": fake_secret()}
+        )
+
+        assert response.status_code == 302
+        assert response["Location"] == reverse("pool:vendor", args=["deepseek"])
+        page = operator_client.get(response["Location"]).content.decode()
+        assert "DeepSeek is added with its default key key1." in page
 
     def test_preset_creates_vendor_with_default_key(
         self, operator_client, add_vendor_url
