@@ -4,7 +4,7 @@ serve.
 
 ``request()`` sends HTTP requests itself. ``call()`` runs a function that
 uses a vendor SDK and signals key problems with the exceptions below. Each
-call reads the usable keys from the database afresh, so a key re-enabled
+call reads the vendor's keys from the database afresh, so a key re-enabled
 on the pool page is used by the very next call in every process.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -40,6 +41,7 @@ __all__ = [
     "NoUsableKey",
     "QuotaExceeded",
     "RateLimited",
+    "SkippedKey",
     "TransientError",
     "call",
     "flush_usage",
@@ -65,6 +67,10 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 UNSENDABLE_SECRET_MESSAGE = (
     "The secret contains characters that cannot be sent in an HTTP header."
 )
+
+# Seconds between two log lines about the same skipped keys of a vendor in
+# one process. A change in which keys are skipped, or why, is logged at once.
+SKIP_LOG_INTERVAL = 60.0
 
 T = TypeVar("T")
 
@@ -117,22 +123,49 @@ class TransientError(KeyProblem):
     status."""
 
 
+@dataclass(frozen=True)
+class SkippedKey:
+    """A key left out of a call because its status is not normal."""
+
+    key_name: str
+    status: ApiKey.Status
+
+    def __str__(self) -> str:
+        return f"{self.key_name} ({self.status.label.lower()})"
+
+
 class NoUsableKey(Exception):
     """No key of the vendor was usable, or every key tried failed.
 
-    ``attempts`` lists each key tried, in order.
+    ``attempts`` lists each key tried, in order, and ``skipped`` each key
+    left out because its status was not normal, in priority order.
     """
 
-    def __init__(self, vendor: str, attempts: list[Attempt]) -> None:
+    def __init__(
+        self,
+        vendor: str,
+        attempts: list[Attempt],
+        skipped: Iterable[SkippedKey] = (),
+    ) -> None:
         self.vendor = vendor
         self.attempts = attempts
+        self.skipped = list(skipped)
+        not_usable = ", ".join(str(key) for key in self.skipped)
         if attempts:
             tried = "; ".join(str(attempt) for attempt in attempts)
             message = f"No usable key for vendor {vendor!r}; every key failed: {tried}"
+            if not_usable:
+                message += f". Keys not tried because they are not usable: {not_usable}"
+        elif not_usable:
+            message = (
+                f"No usable key for vendor {vendor!r}: every key was skipped "
+                f"because it is not usable: {not_usable}. Enable a key, extend an "
+                "expired one, or wait for a cooldown to end."
+            )
         else:
             message = (
-                f"No usable key for vendor {vendor!r}: every key is disabled, "
-                "expired, exceeded, invalid or cooling down."
+                f"No usable key for vendor {vendor!r}: the vendor has no keys. "
+                "Add a key to it."
             )
         super().__init__(message)
 
@@ -170,7 +203,8 @@ def request(
     headers = kwargs.pop("headers", None)
     params = kwargs.pop("params", None)
     attempts: list[Attempt] = []
-    for key in usable_keys(vendor):
+    keys, skipped = usable_keys(vendor)
+    for key in keys:
         started = timezone.now()
         response, verdict = send_with_key(
             key, method, path, headers=headers, params=params, stream=stream, **kwargs
@@ -185,7 +219,7 @@ def request(
         fail_over(key, verdict, status_code, started)
         if response is not None:
             response.close()
-    raise_no_usable_key(vendor, attempts)
+    raise_no_usable_key(vendor, attempts, skipped)
 
 
 def call(vendor: Vendor | str, func: Callable[[ApiKey], T]) -> T:
@@ -198,7 +232,8 @@ def call(vendor: Vendor | str, func: Callable[[ApiKey], T]) -> T:
     key could serve.
     """
     attempts: list[Attempt] = []
-    for key in usable_keys(vendor):
+    keys, skipped = usable_keys(vendor)
+    for key in keys:
         started = timezone.now()
         try:
             value = func(key)
@@ -209,7 +244,7 @@ def call(vendor: Vendor | str, func: Callable[[ApiKey], T]) -> T:
             continue
         finish(key, Verdict(Outcome.SUCCESS), None, started)
         return value
-    raise_no_usable_key(vendor, attempts)
+    raise_no_usable_key(vendor, attempts, skipped)
 
 
 def probe(key: ApiKey) -> Attempt:
@@ -425,15 +460,98 @@ def redacted(verdict: Verdict, key: ApiKey) -> Verdict:
     return replace(verdict, message=message)
 
 
-def usable_keys(vendor: Vendor | str) -> list[ApiKey]:
-    keys = list(ApiKey.objects.usable(vendor))
+def usable_keys(vendor: Vendor | str) -> tuple[list[ApiKey], list[SkippedKey]]:
+    """Read the keys of ``vendor`` with one query, split them into usable
+    and skipped keys, and log the skipped ones through ``skipped_key_log``.
+
+    Raises ``Vendor.DoesNotExist`` for an unknown slug.
+    """
+    keys, skipped = read_keys(vendor)
+    slug = vendor.slug if isinstance(vendor, Vendor) else vendor
+    skipped_key_log.report(slug, skipped)
+    return keys, skipped
+
+
+def read_keys(vendor: Vendor | str) -> tuple[list[ApiKey], list[SkippedKey]]:
+    """Return the usable keys of ``vendor`` and the skipped ones, each
+    highest priority first, with their vendor loaded: one query.
+
+    A key is usable when ``status_at()`` is normal, which is the rule of
+    ``ApiKey.objects.usable()`` evaluated in Python, so the skipped keys
+    can be named without a second query. Raises ``Vendor.DoesNotExist``
+    for an unknown slug, which costs a second query only when no key
+    matched.
+    """
+    now = timezone.now()
+    keys = ApiKey.objects.select_related("vendor").order_by("order", "pk")
+    if isinstance(vendor, Vendor):
+        keys = keys.filter(vendor=vendor)
+    else:
+        keys = keys.filter(vendor__slug=vendor)
+    usable: list[ApiKey] = []
+    skipped: list[SkippedKey] = []
+    for key in keys:
+        status = key.status_at(now)
+        if status == ApiKey.Status.NORMAL:
+            usable.append(key)
+        else:
+            skipped.append(SkippedKey(key.name, status))
     if (
-        not keys
+        not usable
+        and not skipped
         and isinstance(vendor, str)
         and not Vendor.objects.filter(slug=vendor).exists()
     ):
         raise Vendor.DoesNotExist(f"No vendor has the slug {vendor!r}.")
-    return keys
+    return usable, skipped
+
+
+class SkippedKeyLog:
+    """Log the skipped keys of each call at INFO, one line per call, unless
+    the same keys of that vendor were logged with the same statuses less
+    than ``interval`` seconds ago in this process."""
+
+    def __init__(
+        self,
+        interval: float = SKIP_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        # Vendor slug -> (skipped keys last logged, clock time of that line).
+        self._logged: dict[str, tuple[frozenset[SkippedKey], float]] = {}
+
+    def report(self, vendor_slug: str, skipped: list[SkippedKey]) -> bool:
+        """Log ``skipped`` unless it repeats the last line of the vendor
+        within ``interval`` seconds, and return whether it was logged."""
+        current = frozenset(skipped)
+        now = self.clock()
+        with self._lock:
+            if not current:
+                # A call that skips no key ends the repeat, so the next skip
+                # is logged at once.
+                self._logged.pop(vendor_slug, None)
+                return False
+            last = self._logged.get(vendor_slug)
+            if last and last[0] == current and now - last[1] < self.interval:
+                return False
+            self._logged[vendor_slug] = (current, now)
+        logger.info(
+            "Skipped keys of vendor %s that are not usable: %s",
+            vendor_slug,
+            ", ".join(str(key) for key in skipped),
+        )
+        return True
+
+    def clear(self) -> None:
+        """Forget what was logged, so the next skip of every vendor is
+        logged."""
+        with self._lock:
+            self._logged.clear()
+
+
+skipped_key_log = SkippedKeyLog()
 
 
 def finish(
@@ -537,12 +655,16 @@ def describe_exception(error: requests.RequestException) -> str:
     return f"{type(error).__name__}: the request to the vendor failed."
 
 
-def raise_no_usable_key(vendor: Vendor | str, attempts: list[Attempt]) -> NoReturn:
+def raise_no_usable_key(
+    vendor: Vendor | str, attempts: list[Attempt], skipped: list[SkippedKey]
+) -> NoReturn:
     slug = vendor.slug if isinstance(vendor, Vendor) else vendor
     if attempts:
         logger.warning(
             "No usable key left for vendor %s after %d attempts", slug, len(attempts)
         )
     else:
-        logger.warning("No usable key for vendor %s", slug)
-    raise NoUsableKey(slug, attempts)
+        logger.warning(
+            "No usable key for vendor %s: %d keys skipped", slug, len(skipped)
+        )
+    raise NoUsableKey(slug, attempts, skipped)

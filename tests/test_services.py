@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -22,6 +27,8 @@ from pool.services import (
     NoUsableKey,
     QuotaExceeded,
     RateLimited,
+    SkippedKey,
+    SkippedKeyLog,
     TransientError,
 )
 from pool.simulator import Reply, VendorSimulator
@@ -50,6 +57,15 @@ def pool_of(sim_vendor, make_key):
         return vendor, keys
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_skipped_key_log():
+    """Forget the skips logged by earlier tests, whose vendors and keys have
+    the same slugs and names."""
+    services.skipped_key_log.clear()
+    yield
+    services.skipped_key_log.clear()
 
 
 def send(vendor, protocol: str = "openai"):
@@ -294,7 +310,7 @@ def test_request_no_keys_raises_no_usable_key(vendor):
         services.request(vendor, "GET", "models")
 
     assert raised.value.attempts == []
-    assert "every key is disabled, expired" in str(raised.value)
+    assert "the vendor has no keys" in str(raised.value)
 
 
 def test_request_all_keys_fail_raises_no_usable_key(pool_of):
@@ -980,3 +996,315 @@ def test_usage_written_when_many_calls_wait(pool_of, settings):
     while reload(key).success_count < 3 and timezone.now() < deadline:
         threading.Event().wait(0.02)
     assert reload(key).success_count == 3
+
+
+# Logging ------------------------------------------------------------------------
+
+
+def service_records(caplog, level: int) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "pool.services" and record.levelno == level
+    ]
+
+
+def skip_records(caplog) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in service_records(caplog, logging.INFO)
+        if record.getMessage().startswith("Skipped keys of vendor")
+    ]
+
+
+def test_failover_logged_with_vendor_key_and_status(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (first, _) = pool_of("openai", "sk-sim-quota0-lg1", "sk-sim-ok-lg2")
+
+    send(vendor)
+
+    failovers = [
+        record.getMessage()
+        for record in service_records(caplog, logging.WARNING)
+        if record.getMessage().startswith("Failover")
+    ]
+    assert len(failovers) == 1
+    assert vendor.slug in failovers[0]
+    assert first.name in failovers[0]
+    assert "(status 429)" in failovers[0]
+
+
+def test_mark_logged_with_vendor_key_and_status(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (first, _) = pool_of("openai", "sk-sim-invalid-lg3", "sk-sim-ok-lg4")
+
+    send(vendor)
+
+    marks = [
+        record.getMessage()
+        for record in service_records(caplog, logging.WARNING)
+        if record.getMessage().startswith("Marked")
+    ]
+    assert len(marks) == 1
+    assert vendor.slug in marks[0]
+    assert first.name in marks[0]
+    assert "invalid" in marks[0]
+    assert "(status 401)" in marks[0]
+
+
+def test_skipped_keys_logged_in_one_line(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (trial, old, _) = pool_of(
+        "openai", "sk-sim-ok-lg5", "sk-sim-ok-lg6", "sk-sim-ok-lg7"
+    )
+    ApiKey.objects.filter(pk=trial.pk).update(is_exceeded=True)
+    old.disable()
+
+    send(vendor)
+
+    records = skip_records(caplog)
+    assert len(records) == 1
+    assert records[0].getMessage() == (
+        f"Skipped keys of vendor {vendor.slug} that are not usable: "
+        f"{trial.name} (exceeded), {old.name} (disabled)"
+    )
+
+
+def test_skip_log_repeat_suppressed(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (first, _) = pool_of("openai", "sk-sim-ok-lg8", "sk-sim-ok-lg9")
+    first.disable()
+
+    send(vendor)
+    send(vendor)
+
+    assert len(skip_records(caplog)) == 1
+
+
+def test_skip_log_repeated_when_status_changes(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (first, _) = pool_of("openai", "sk-sim-ok-lg10", "sk-sim-ok-lg11")
+    first.disable()
+    send(vendor)
+    first.enable()
+    ApiKey.objects.filter(pk=first.pk).update(is_invalid=True)
+
+    send(vendor)
+
+    records = skip_records(caplog)
+    assert len(records) == 2
+    assert records[1].getMessage().endswith(f"{first.name} (invalid)")
+
+
+def test_skip_log_repeated_when_usable_again_then_skipped(pool_of, caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, (first, _) = pool_of("openai", "sk-sim-ok-lg12", "sk-sim-ok-lg13")
+    first.disable()
+    send(vendor)
+    first.enable()
+    send(vendor)
+    first.disable()
+
+    send(vendor)
+
+    assert len(skip_records(caplog)) == 2
+
+
+def test_skip_log_repeated_after_interval(caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    now = [1000.0]
+    skip_log = SkippedKeyLog(interval=60.0, clock=lambda: now[0])
+    skipped = [SkippedKey("trial", ApiKey.Status.EXCEEDED)]
+
+    logged = [skip_log.report("openai", skipped)]
+    now[0] += 59.0
+    logged.append(skip_log.report("openai", skipped))
+    now[0] += 1.0
+    logged.append(skip_log.report("openai", skipped))
+
+    assert logged == [True, False, True]
+    assert len(skip_records(caplog)) == 2
+
+
+def test_skip_log_kept_per_vendor(caplog):
+    caplog.set_level(logging.INFO, logger="pool")
+    skip_log = SkippedKeyLog(clock=lambda: 0.0)
+    skipped = [SkippedKey("trial", ApiKey.Status.EXCEEDED)]
+
+    skip_log.report("openai", skipped)
+    skip_log.report("anthropic", skipped)
+
+    assert len(skip_records(caplog)) == 2
+
+
+def test_no_secret_in_any_log_record(pool_of, simulator, caplog):
+    caplog.set_level(logging.DEBUG)
+    secrets = [
+        "sk-sim-ok-lg14",
+        "sk-sim-quota0-lg15",
+        "sk-sim-invalid-lg16",
+        "sk-sim-ok-lg17",
+    ]
+    vendor, keys = pool_of("openai", *secrets)
+    keys[0].disable()
+    echo = {"error": {"type": "insufficient_quota", "message": secrets[1]}}
+    simulator.script(secrets[1], Reply(429, echo))
+
+    send(vendor)
+
+    texts = [record.getMessage() for record in caplog.records]
+    assert len(skip_records(caplog)) == 1
+    assert len(service_records(caplog, logging.WARNING)) >= 2
+    for secret in secrets:
+        assert not [text for text in texts if secret in text]
+
+
+# Reading the keys ---------------------------------------------------------------
+
+
+def test_read_keys_splits_like_usable_queryset(vendor, make_key):
+    now = timezone.now()
+    unusable_fields = [
+        {"is_enabled": False},
+        {"is_invalid": True},
+        {"is_exceeded": True},
+        {"expires_at": now - timedelta(minutes=1)},
+        {"cooldown_until": now + timedelta(minutes=1)},
+    ]
+    usable_fields = [
+        {"expires_at": now + timedelta(days=1)},
+        {"cooldown_until": now - timedelta(minutes=1)},
+        {},
+    ]
+    keys = []
+    for fields in unusable_fields + usable_fields:
+        key = make_key(vendor)
+        ApiKey.objects.filter(pk=key.pk).update(**fields)
+        keys.append(key)
+    ApiKey.objects.reorder(vendor, [key.pk for key in reversed(keys)])
+
+    usable, skipped = services.read_keys(vendor)
+
+    expected = [key.pk for key in ApiKey.objects.usable(vendor)]
+    assert [key.pk for key in usable] == expected
+    assert len(usable) == len(usable_fields)
+    assert [key.key_name for key in skipped] == [
+        key.name for key in reversed(keys[: len(unusable_fields)])
+    ]
+    assert [key.status for key in skipped] == [
+        ApiKey.Status.RATE_LIMITED,
+        ApiKey.Status.EXPIRED,
+        ApiKey.Status.EXCEEDED,
+        ApiKey.Status.INVALID,
+        ApiKey.Status.DISABLED,
+    ]
+
+
+def test_read_keys_by_slug_matches_vendor(vendor, other_vendor, make_key):
+    mine = make_key(vendor)
+    make_key(other_vendor)
+
+    usable, skipped = services.read_keys(vendor.slug)
+
+    assert usable == [mine]
+    assert skipped == []
+
+
+def test_request_with_skipped_keys_runs_one_query(
+    pool_of, caplog, django_assert_num_queries
+):
+    caplog.set_level(logging.INFO, logger="pool")
+    vendor, keys = pool_of("openai", "sk-sim-ok-rk1", "sk-sim-ok-rk2", "sk-sim-ok-rk3")
+    keys[0].disable()
+    ApiKey.objects.filter(pk=keys[1].pk).update(is_exceeded=True)
+    services.flush_usage()
+
+    # One read of the vendor's keys, the skipped ones included, and nothing
+    # else: logging the skipped keys reads no more rows.
+    with django_assert_num_queries(1):
+        response = send(vendor)
+
+    assert response.pool_key == keys[2].name
+    assert len(skip_records(caplog)) == 1
+
+
+def test_no_usable_key_names_skipped_keys(pool_of, simulator):
+    vendor, (trial, old) = pool_of("openai", "sk-sim-ok-rk4", "sk-sim-ok-rk5")
+    ApiKey.objects.filter(pk=trial.pk).update(is_exceeded=True)
+    old.disable()
+
+    with pytest.raises(NoUsableKey) as raised:
+        send(vendor)
+
+    message = str(raised.value)
+    assert raised.value.attempts == []
+    assert f"{trial.name} (exceeded), {old.name} (disabled)" in message
+    assert "every key was skipped because it is not usable" in message
+    assert raised.value.skipped == [
+        SkippedKey(trial.name, ApiKey.Status.EXCEEDED),
+        SkippedKey(old.name, ApiKey.Status.DISABLED),
+    ]
+    assert simulator.count(trial.secret) == 0
+
+
+def test_no_usable_key_after_failover_names_skipped_keys(pool_of):
+    vendor, (old, broken) = pool_of("openai", "sk-sim-ok-rk6", "sk-sim-invalid-rk7")
+    old.disable()
+
+    with pytest.raises(NoUsableKey) as raised:
+        send(vendor)
+
+    message = str(raised.value)
+    assert [attempt.key_name for attempt in raised.value.attempts] == [broken.name]
+    assert f"not tried because they are not usable: {old.name} (disabled)" in message
+
+
+# Another process ------------------------------------------------------------------
+
+
+def database_url() -> str:
+    """Return a DATABASE_URL for the test database that this process uses."""
+    database = connection.settings_dict
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{database['NAME']}"
+    user = quote(database["USER"] or "", safe="")
+    if database["PASSWORD"]:
+        user += ":" + quote(database["PASSWORD"], safe="")
+    host = database["HOST"] or "127.0.0.1"
+    port = f":{database['PORT']}" if database["PORT"] else ""
+    return f"postgres://{user}@{host}{port}/{database['NAME']}"
+
+
+def run_in_other_process(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` with ``manage.py shell`` against the test database."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "KEYPOOL_ENCRYPTION_KEYS": ",".join(settings.KEYPOOL_ENCRYPTION_KEYS),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_reenabled_in_other_process_used_next(pool_of, simulator):
+    vendor, (first, second) = pool_of("openai", "sk-sim-quota1-op1", "sk-sim-ok-op2")
+    send(vendor)
+    assert send(vendor).pool_key == second.name
+    assert reload(first).status == ApiKey.Status.EXCEEDED
+    # The vendor has topped the key up.
+    simulator.script(first.secret, Reply(200, {"object": "chat.completion"}))
+
+    result = run_in_other_process(
+        f"from pool.models import ApiKey; ApiKey.objects.get(pk={first.pk}).enable()"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert send(vendor).pool_key == first.name
