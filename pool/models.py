@@ -740,9 +740,9 @@ class ApiKey(OrderedModel):
         EXCEEDED, INVALID or RATE_LIMITED (with ``cooldown_until``).
 
         One conditional UPDATE of the status fields. It is skipped, and
-        False returned, if the status changed after ``observed_at`` (the
+        False returned, when the status changed after ``observed_at`` (the
         time the request started) and the key carries no automatic mark
-        (exceeded, invalid or a cooldown): a key that someone re-enabled
+        (exceeded, invalid or a cooldown). So a key that someone re-enabled
         while the request was in flight stays enabled. A cooldown never
         moves to an earlier end. ``reason`` is stored with secrets redacted.
         """

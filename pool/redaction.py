@@ -24,10 +24,10 @@ def mask(secret: str) -> str:
     at most the last four characters, never more than half of the secret."""
     if not secret:
         return ""
-    shown = min(4, len(secret) // 4)
-    if shown == 0:
+    visible = min(4, len(secret) // 4)
+    if visible == 0:
         return ELLIPSIS
-    return f"{secret[:shown]}{ELLIPSIS}{secret[-shown:]}"
+    return f"{secret[:visible]}{ELLIPSIS}{secret[-visible:]}"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from django.urls import reverse
 
 from pool.models import ApiKey, Vendor
 
@@ -61,6 +62,21 @@ def other_vendor(db) -> Vendor:
         protocol=Vendor.Protocol.ANTHROPIC,
         base_url="http://127.0.0.1:9/anthropic/v1",
     )
+
+
+@pytest.fixture
+def azure(db) -> Vendor:
+    return Vendor.objects.create(
+        slug="azure",
+        name="Azure OpenAI",
+        protocol=Vendor.Protocol.AZURE,
+        base_url="http://127.0.0.1:9/azure",
+    )
+
+
+@pytest.fixture
+def add_url(vendor) -> str:
+    return reverse("pool:add_key", kwargs={"vendor": vendor.slug})
 
 
 @pytest.fixture

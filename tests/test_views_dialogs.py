@@ -40,21 +40,6 @@ def snapshot() -> list[tuple]:
     return [*keys, *vendors, *secrets]
 
 
-@pytest.fixture
-def add_url(vendor) -> str:
-    return reverse("pool:add_key", kwargs={"vendor": vendor.slug})
-
-
-@pytest.fixture
-def azure(db) -> Vendor:
-    return Vendor.objects.create(
-        slug="azure",
-        name="Azure OpenAI",
-        protocol=Vendor.Protocol.AZURE,
-        base_url="http://127.0.0.1:9/azure",
-    )
-
-
 class TestAddKeyForm:
     def test_htmx_returns_dialog_fragment(
         self, operator_client, vendor, make_key, add_url

@@ -30,21 +30,6 @@ BAD_SECRETS = [
 
 
 @pytest.fixture
-def azure(db) -> Vendor:
-    return Vendor.objects.create(
-        slug="azure",
-        name="Azure OpenAI",
-        protocol=Vendor.Protocol.AZURE,
-        base_url="http://127.0.0.1:9/azure",
-    )
-
-
-@pytest.fixture
-def add_url(vendor) -> str:
-    return reverse("pool:add_key", kwargs={"vendor": vendor.slug})
-
-
-@pytest.fixture
 def key(vendor, make_key) -> ApiKey:
     make_key(vendor)
     return make_key(vendor)
