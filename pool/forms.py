@@ -148,13 +148,22 @@ def setting_fields() -> dict[str, forms.Field]:
     }
 
 
-def tag_setting_fields(fields: dict[str, forms.Field]) -> None:
+def tag_setting_fields(
+    fields: dict[str, forms.Field], shown_protocol: str | None = None
+) -> None:
     """Tag each settings field with the protocols that read it, for the
-    script that shows only the fields of the protocol picked."""
+    script that shows only the fields of the protocol picked.
+
+    With ``shown_protocol``, the fields that protocol does not read are
+    rendered hidden, so they do not flash up before the script runs.
+    """
     for name in SETTING_FIELDS:
         if name in fields:
             readers = [p for p, names in PROTOCOL_SETTINGS.items() if name in names]
             fields[name].widget.attrs["data-protocols"] = " ".join(readers)
+            fields[name].initially_hidden = (
+                shown_protocol is not None and shown_protocol not in readers
+            )
 
 
 def settings_config(cleaned_data: dict, protocol: str) -> dict:
@@ -222,7 +231,14 @@ class KeyForm(forms.ModelForm):
         widgets = {"expires_at": DateTimeLocalInput()}
         help_texts = {"expires_at": "Leave empty for never."}
 
-    def __init__(self, *args, vendor: Vendor, protocol: str | None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        vendor: Vendor,
+        protocol: str | None,
+        shown_protocol: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fields.update(setting_fields())
         self.order_fields(self.field_order)
@@ -244,9 +260,9 @@ class KeyForm(forms.ModelForm):
         self.fields["secret"].required = self.instance._state.adding
         if not self.instance._state.adding:
             self.fields["secret"].help_text = "Leave empty to keep the current key."
-        self.set_up_settings(protocol)
+        self.set_up_settings(protocol, shown_protocol or protocol)
 
-    def set_up_settings(self, protocol: str | None) -> None:
+    def set_up_settings(self, protocol: str | None, shown_protocol: str | None) -> None:
         """Keep the settings fields of ``protocol`` (all for ``None``), tag
         each with the protocols that read it and fill them from ``config``."""
         config = self.stored["config"]
@@ -255,7 +271,7 @@ class KeyForm(forms.ModelForm):
                 del self.fields[name]
                 continue
             self.initial.setdefault(name, config.get(name, ""))
-        tag_setting_fields(self.fields)
+        tag_setting_fields(self.fields, shown_protocol)
         self.initial.setdefault("headers", format_headers(config.get("headers", {})))
 
     def clean_name(self) -> str:
@@ -381,7 +397,16 @@ class VendorSettingsForm:
 
     def __init__(self, data: dict | None, *, vendor: Vendor, key: ApiKey) -> None:
         self.vendor_form = VendorForm(data, instance=vendor)
-        self.key_form = DefaultKeyForm(data, instance=key, vendor=vendor, protocol=None)
+        # Every protocol's settings are in the form, because the protocol
+        # can change in the same dialog. Those of the current one show.
+        shown_protocol = (data or {}).get("protocol") or vendor.protocol
+        self.key_form = DefaultKeyForm(
+            data,
+            instance=key,
+            vendor=vendor,
+            protocol=None,
+            shown_protocol=shown_protocol,
+        )
 
     @property
     def errors(self) -> dict:

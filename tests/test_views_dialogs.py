@@ -392,6 +392,20 @@ class TestVendorSettings:
         assert 'type="password" name="secret"' in html
         assert default_key.secret not in html
 
+    def test_other_protocol_fields_rendered_hidden(
+        self, operator_client, default_key, settings_url
+    ):
+        html = operator_client.get(settings_url, **HTMX).content.decode()
+        rows = {
+            name: html[: html.index(f'name="{name}"')].rsplit(
+                '<div class="form-row', 1
+            )[1]
+            for name in ("api_version", "organization")
+        }
+
+        assert "hidden" in rows["api_version"]
+        assert "hidden" not in rows["organization"]
+
     def test_without_htmx_returns_page(
         self, operator_client, default_key, settings_url
     ):
